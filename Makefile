@@ -1,0 +1,52 @@
+# Kontinual: `make test` builds .venv with everything the test suite needs, starts what the
+# tests need (the real control plane of tests/cluster is started by the e2e tier itself) and
+# runs every tier. `make up` brings Kontinual up on a local kind cluster.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kontinual-installed
+PYTEST := $(BIN)/python -m pytest
+
+# No phoning home, no hub downloads, writable config dirs for yolov5/ultralytics.
+export NM_DISABLE_ANALYTICS := 1
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
+export YOLOV5_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-unit test-emulator test-serving test-training test-chart test-e2e \
+        bench up down clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/test.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip<26"
+	$(BIN)/python -m pip install -q -r requirements/test.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@mkdir -p $(YOLO_CONFIG_DIR)
+	@touch $@
+
+# Every tier, in order of speed (unit and emulator first: they fail fast).
+test: venv
+	$(PYTEST) -p no:cacheprovider -ra --durations=15 tests
+
+test-unit: venv
+	$(PYTEST) -ra tests/unit
+test-emulator: venv
+	$(PYTEST) -ra tests/emulator
+test-serving: venv
+	$(PYTEST) -ra tests/serving
+test-training: venv
+	$(PYTEST) -ra tests/training
+test-chart: venv
+	$(PYTEST) -ra tests/chart
+test-e2e: venv
+	$(PYTEST) -ra tests/e2e
+
+bench: venv
+	$(BIN)/python benchmarks/reconcile.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

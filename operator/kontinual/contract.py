@@ -1,0 +1,70 @@
+"""The trainer's result contract: one type the trainer writes and the operator reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+# Kubernetes keeps at most 4096 bytes of a termination message; stay below it.
+MAX_RESULT_BYTES = 4000
+
+
+class ResultError(ValueError):
+    """A result text that does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one `kontinual train` run reports, as JSON, to its result file (last)."""
+
+    status: str
+    version: int | None = None
+    onnx: str | None = None  # path relative to the claim root, e.g. "v3/model.onnx"
+    sha256: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # mAP50, mAP50_95
+    sparsity: float | None = None
+    datasetVersion: str | None = None
+    images: dict[str, int] = field(default_factory=dict)  # train, valid, test
+    reason: str | None = None  # Failed only: a CamelCase reason, e.g. DatasetEmpty
+    message: str | None = None  # Failed only: what a person should know and do
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @classmethod
+    def failed(cls, reason: str, message: str, version: int | None = None) -> "TrainingResult":
+        return cls(status=FAILED, reason=reason, message=message, version=version)
+
+    def to_json(self) -> str:
+        """Compact JSON without empty fields, truncating the message to fit the limit."""
+        data = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
+        text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        overflow = len(text.encode()) - MAX_RESULT_BYTES
+        if overflow > 0 and self.message:
+            data["message"] = self.message[: max(0, len(self.message) - overflow - 3)] + "..."
+            text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainingResult":
+        """Parse a result; a text that is not a result raises ResultError naming why."""
+        try:
+            data: Any = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ResultError(f"result is not JSON: {exc}; got {text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise ResultError(f"result must be a JSON object, got {type(data).__name__}")
+        status = data.get("status")
+        if status not in (SUCCEEDED, FAILED):
+            raise ResultError(f"result status must be {SUCCEEDED!r} or {FAILED!r}, got {status!r}")
+        known = set(cls.__dataclass_fields__)
+        result = cls(**{k: v for k, v in data.items() if k in known})
+        if result.succeeded:
+            missing = [k for k in ("version", "onnx", "sha256") if not getattr(result, k)]
+            if missing:
+                raise ResultError(f"a Succeeded result needs {', '.join(missing)}")
+        return result

@@ -1,0 +1,53 @@
+"""The operator's settings, read once from environment variables (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kontinual import __version__
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults the ContinualModel spec can override, and the operator's own knobs."""
+
+    server_image: str = f"kontinual/server:{__version__}"
+    trainer_image: str = f"kontinual/trainer:{__version__}"
+    roboflow_api_url: str = "https://api.roboflow.com"
+    roboflow_poll_seconds: int = 300  # how often minNewLabeledImages triggers poll Roboflow
+    resync_seconds: int = 60  # periodic reconcile, repairs drift kopf did not see
+    health_port: int = 8080  # liveness endpoint: http://0.0.0.0:PORT/healthz
+    log_level: str = "INFO"
+    log_format: str = "text"  # text | json
+    watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        default = cls()
+        namespaces = tuple(n.strip() for n in env.get("KONTINUAL_WATCH_NAMESPACES", "").split(",") if n.strip())
+        log_format = env.get("KONTINUAL_LOG_FORMAT", default.log_format)
+        if log_format not in ("text", "json"):
+            raise ValueError(f"KONTINUAL_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        return cls(
+            server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
+            trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
+            roboflow_api_url=env.get("KONTINUAL_ROBOFLOW_API_URL") or default.roboflow_api_url,
+            roboflow_poll_seconds=_int(env, "KONTINUAL_ROBOFLOW_POLL_SECONDS", default.roboflow_poll_seconds),
+            resync_seconds=_int(env, "KONTINUAL_RESYNC_SECONDS", default.resync_seconds),
+            health_port=_int(env, "KONTINUAL_HEALTH_PORT", default.health_port),
+            log_level=(env.get("KONTINUAL_LOG_LEVEL") or default.log_level).upper(),
+            log_format=log_format,
+            watch_namespaces=namespaces,
+        )
