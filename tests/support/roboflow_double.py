@@ -1,0 +1,349 @@
+"""A Roboflow API test double: a threaded HTTP server on 127.0.0.1 speaking the endpoints the SDK and Kontinual use.
+
+Endpoint shapes follow /work/shared/facts/dependencies.md (what the `roboflow` SDK sends, base URL
+from env `API_URL`): key check, workspace, project, version, yolov5pytorch export (202 once, then
+200 with a zip link), zip download, upload (duplicate detection by content hash) and annotate
+(409 "already annotated" on a second annotation). It records everything it receives and has
+switches for latency, injected error statuses, a bad key and an outage. Test code, not product.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+EXPORT_FORMAT = "yolov5pytorch"
+BAD_KEY_MESSAGE = "This API key does not exist (or has been revoked)."
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]  # without api_key
+    headers: dict[str, str]
+    body: bytes
+    api_key: str | None  # the key the client sent (tests assert it is the right one)
+
+
+@dataclass(frozen=True)
+class Upload:
+    project: str
+    id: str
+    name: str
+    split: str
+    batch: str
+    tags: tuple[str, ...]
+    image: bytes
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Annotation:
+    project: str
+    image_id: str
+    name: str
+    annotation_file: str
+    labelmap: Any
+    prediction: bool
+
+
+@dataclass
+class _Project:
+    name: str
+    created: float = field(default_factory=time.time)
+    annotated: int | None = None  # set_annotated; None: count non-prediction annotations
+    images_by_hash: dict[str, str] = field(default_factory=dict)  # content sha1 -> image id
+    annotated_ids: set[str] = field(default_factory=set)  # any annotation (a second one gets 409)
+    labeled_ids: set[str] = field(default_factory=set)  # non-prediction annotations: "annotated" images
+    versions: dict[int, "_Version"] = field(default_factory=dict)
+
+
+@dataclass
+class _Version:
+    number: int
+    zip_bytes: bytes
+    splits: dict[str, int]
+    names: list[str]
+    created: float = field(default_factory=time.time)
+    export_polls: int = 0
+
+
+def _zip_dataset(dataset_dir: Path) -> tuple[bytes, dict[str, int], list[str]]:
+    import yaml  # test dependency; imported here so the module imports cheaply
+
+    dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / "data.yaml").is_file():
+        raise ValueError(f"{dataset_dir} is not a yolov5pytorch dataset: data.yaml is missing")
+    names = yaml.safe_load((dataset_dir / "data.yaml").read_text()).get("names") or []
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    splits = {s: len(list((dataset_dir / s / "images").glob("*"))) for s in ("train", "valid", "test")}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(p for p in dataset_dir.rglob("*") if p.is_file()):
+            archive.write(file, file.relative_to(dataset_dir).as_posix())
+    return buffer.getvalue(), splits, list(names)
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Parse a multipart/form-data body into {field: (filename, bytes)}."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
+class RoboflowDouble:
+    """`with RoboflowDouble() as rf:` serves Roboflow's API at `rf.url` until the block ends."""
+
+    def __init__(self, *, workspace: str = "acme", api_key: str = "rf-test-key-7c1e2a") -> None:
+        if not any(c.islower() for c in api_key):
+            raise ValueError("the roboflow SDK treats keys without lowercase letters as dummies")
+        self.workspace = workspace
+        self.api_key = api_key
+        self.latency = 0.0
+        self.bad_key = False
+        self.requests: list[RecordedRequest] = []
+        self.uploads: list[Upload] = []
+        self.annotations: list[Annotation] = []
+        self._projects: dict[str, _Project] = {}
+        self._failures: list[int] = []
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "RoboflowDouble":
+        self.up()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.down()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def up(self) -> None:
+        """Start listening (on the same port again after `down()`)."""
+        if self._server is not None:
+            return
+        handler = type("Handler", (_Handler,), {"double": self})
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._server.daemon_threads = True
+        self._port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="roboflow-double", daemon=True)
+        self._thread.start()
+
+    def down(self) -> None:
+        """Stop listening: new connections are refused."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+
+    # -- switches and fixtures ---------------------------------------------------------------
+    def fail_with(self, status: int, times: int) -> None:
+        """The next `times` requests answer `status` with Roboflow's error JSON."""
+        with self._lock:
+            self._failures.extend([status] * times)
+
+    def add_version(self, project: str, version: int, dataset_dir: Path) -> None:
+        zip_bytes, splits, names = _zip_dataset(Path(dataset_dir))
+        with self._lock:
+            self._project(project).versions[int(version)] = _Version(int(version), zip_bytes, splits, names)
+
+    def set_annotated(self, project: str, count: int) -> None:
+        with self._lock:
+            self._project(project).annotated = int(count)
+
+    def uploads_to(self, project: str) -> list[Upload]:
+        with self._lock:
+            return [u for u in self.uploads if u.project == project]
+
+    # -- state helpers (called with the lock held) --------------------------------------------
+    def _project(self, name: str) -> _Project:
+        return self._projects.setdefault(name, _Project(name))
+
+    def _project_json(self, project: _Project) -> dict[str, Any]:
+        uploaded = len(project.images_by_hash)
+        annotated = project.annotated
+        if annotated is None:
+            annotated = len(project.labeled_ids)
+        images = max(uploaded, annotated)
+        classes: dict[str, int] = {}
+        for version in project.versions.values():
+            for name in version.names:
+                classes.setdefault(name, 0)
+        return {
+            "id": f"{self.workspace}/{project.name}", "type": "object-detection", "name": project.name,
+            "created": project.created, "updated": time.time(), "images": images,
+            "unannotated": images - annotated, "annotation": project.name, "public": False,
+            "splits": {"train": images}, "colors": {}, "classes": classes,
+        }
+
+    def _version_json(self, project: _Project, version: _Version) -> dict[str, Any]:
+        return {
+            "id": f"{self.workspace}/{project.name}/{version.number}", "name": project.name,
+            "version": str(version.number), "created": version.created,
+            "images": sum(version.splits.values()), "splits": version.splits,
+            "preprocessing": {}, "augmentation": {}, "exports": [],
+            "generating": False, "progress": 1,
+        }
+
+
+def _error(message: str, type_: str = "GraphMethodException") -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "hint": "See https://docs.roboflow.com/api-reference"}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    double: RoboflowDouble
+    protocol_version = "HTTP/1.0"  # one request per connection: down() leaves nothing half-open
+
+    def log_message(self, *_: Any) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _send(self, status: int, payload: Any = None, *, raw: bytes | None = None,
+              content_type: str = "application/json") -> None:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self, method: str) -> None:
+        rf = self.double
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        key = (query.pop("api_key", [None]) or [None])[0]
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items()}
+        with rf._lock:
+            rf.requests.append(RecordedRequest(method, parts.path, query, headers, body, key))
+            failure = rf._failures.pop(0) if rf._failures else None
+        if rf.latency:
+            time.sleep(rf.latency)
+        if failure is not None:
+            return self._send(failure, _error(f"Injected failure: HTTP {failure}", "ServerError"))
+        segments = [s for s in parts.path.split("/") if s]
+        if segments[:1] == ["download"]:  # signed export link: no key, like Roboflow's storage URLs
+            return self._download(segments[1:])
+        if rf.bad_key or key != rf.api_key:
+            return self._send(401, _error(BAD_KEY_MESSAGE, "OAuthException"))
+        try:
+            self._route(method, segments, query, body)
+        except (ValueError, KeyError) as exc:
+            self._send(400, _error(f"Bad request: {exc}"))
+
+    def _route(self, method: str, seg: list[str], query: dict[str, list[str]], body: bytes) -> None:
+        rf = self.double
+        if method == "POST" and not seg:
+            return self._send(200, {"workspace": rf.workspace})
+        if method == "POST" and len(seg) == 3 and seg[0] == "dataset" and seg[2] == "upload":
+            return self._upload(seg[1], query, body)
+        if method == "POST" and len(seg) == 4 and seg[0] == "dataset" and seg[2] == "annotate":
+            return self._annotate(seg[1], seg[3], query, body)
+        if method != "GET" or not seg or seg[0] != rf.workspace:
+            return self._send(404, _error(f"Unsupported {method} request for /{'/'.join(seg)}."))
+        with rf._lock:
+            if len(seg) == 1:
+                projects = [rf._project_json(p) for p in rf._projects.values()]
+                return self._send(200, {"workspace": {"name": rf.workspace, "url": rf.workspace,
+                                                      "projects": projects, "members": []}})
+            project = rf._projects.get(seg[1])
+            if project is None:
+                return self._send(404, _error(f'Dataset with ID "{seg[1]}" does not exist or cannot be loaded.'))
+            workspace = {"name": rf.workspace, "url": rf.workspace}
+            versions = [rf._version_json(project, v) for _, v in sorted(project.versions.items())]
+            if len(seg) == 2:
+                return self._send(200, {"workspace": workspace, "project": rf._project_json(project),
+                                        "versions": versions})
+            version = project.versions.get(int(seg[2])) if seg[2].isdigit() else None
+            if version is None:
+                return self._send(404, _error(f"Version {seg[2]} of {seg[1]} does not exist."))
+            if len(seg) == 3:
+                return self._send(200, {"workspace": workspace, "project": rf._project_json(project),
+                                        "version": rf._version_json(project, version)})
+            if len(seg) == 4 and seg[3] == EXPORT_FORMAT:
+                version.export_polls += 1
+                if version.export_polls == 1:
+                    return self._send(202, {"ready": False, "progress": 0.5})
+                link = f"{rf.url}/download/{project.name}/{version.number}/{EXPORT_FORMAT}.zip"
+                return self._send(200, {"export": {"link": link, "format": EXPORT_FORMAT}})
+        return self._send(404, _error(f"Unsupported export format or path /{'/'.join(seg)}."))
+
+    def _download(self, seg: list[str]) -> None:
+        rf = self.double
+        with rf._lock:
+            project = rf._projects.get(seg[0]) if seg else None
+            version = project.versions.get(int(seg[1])) if project and len(seg) > 1 and seg[1].isdigit() else None
+            data = version.zip_bytes if version else None
+        if data is None:
+            return self._send(404, _error("No such export."))
+        self._send(200, raw=data, content_type="application/zip")
+
+    def _upload(self, project_name: str, query: dict[str, list[str]], body: bytes) -> None:
+        rf = self.double
+        fields = _multipart(self.headers.get("Content-Type", ""), body)
+        if "file" not in fields:
+            return self._send(400, _error("Image upload needs a multipart 'file' field."))
+        image = fields["file"][1]
+        name = fields.get("name", (None, b""))[1].decode() or (fields["file"][0] or "image.jpg")
+        split = fields.get("split", (None, b"train"))[1].decode()
+        digest = hashlib.sha1(image).hexdigest()
+        with rf._lock:
+            project = rf._project(project_name)
+            duplicate = digest in project.images_by_hash
+            image_id = project.images_by_hash.setdefault(digest, digest[:20])
+            rf.uploads.append(Upload(project_name, image_id, name, split, (query.get("batch") or [""])[0],
+                                     tuple(query.get("tag", [])), image, duplicate))
+        if duplicate:
+            return self._send(200, {"duplicate": True, "id": image_id})
+        self._send(200, {"success": True, "id": image_id})
+
+    def _annotate(self, project_name: str, image_id: str, query: dict[str, list[str]], body: bytes) -> None:
+        rf = self.double
+        payload = json.loads(body or b"{}")
+        prediction = (query.get("prediction") or ["false"])[0] == "true"
+        overwrite = (query.get("overwrite") or ["false"])[0] == "true"
+        with rf._lock:
+            project = rf._projects.get(project_name)
+            if project is None or image_id not in project.images_by_hash.values():
+                return self._send(404, _error(f"Image {image_id} not found in {project_name}."))
+            if image_id in project.annotated_ids and not overwrite:
+                return self._send(409, _error("Image already annotated.", "AnnotationException"))
+            project.annotated_ids.add(image_id)
+            if not prediction:
+                project.labeled_ids.add(image_id)
+            rf.annotations.append(Annotation(project_name, image_id, (query.get("name") or [""])[0],
+                                             payload.get("annotationFile", ""), payload.get("labelmap"),
+                                             prediction))
+        self._send(200, {"success": True})
