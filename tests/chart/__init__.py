@@ -1,0 +1,1 @@
+"""Helm chart, images and local-cluster tests (tier: chart)."""

@@ -1,0 +1,188 @@
+"""The Helm chart lints, renders valid Kubernetes objects in both RBAC modes, and honours its values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.chart.render import (
+    CHART, RELEASE_NAMESPACE, ROOT, HelmFailed, by_kind, container_env, helm, notes, one, render,
+    validation_errors,
+)
+
+
+def test_helm_lint_passes_strict() -> None:
+    out = helm("lint", "--strict", str(CHART), "--namespace", RELEASE_NAMESPACE).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_helm_lint_passes_in_namespaced_mode() -> None:
+    helm("lint", "--strict", str(CHART), "--set", "watchNamespaces={team-a,team-b}")
+
+
+def test_default_render_is_valid_cluster_wide_install() -> None:
+    manifests = render()
+    assert validation_errors(manifests) == []
+    kinds = sorted(m["kind"] for m in manifests)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
+                     "ServiceAccount"]
+    assert by_kind(manifests, "Role") == [] and by_kind(manifests, "RoleBinding") == []
+    binding = one(manifests, "ClusterRoleBinding")
+    sa = one(manifests, "ServiceAccount")
+    assert binding["roleRef"]["name"] == one(manifests, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": RELEASE_NAMESPACE}]
+    assert container_env(one(manifests, "Deployment"))["KONTINUAL_WATCH_NAMESPACES"] == ""
+
+
+def test_namespaced_render_has_role_per_namespace_and_env() -> None:
+    manifests = render({"watchNamespaces": "{team-a,team-b}"})
+    assert validation_errors(manifests) == []
+    roles = by_kind(manifests, "Role")
+    bindings = by_kind(manifests, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    sa_name = one(manifests, "ServiceAccount")["metadata"]["name"]
+    for binding in bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": roles[0]["metadata"]["name"]}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": RELEASE_NAMESPACE}]
+    # Only kopf's cluster-scoped needs stay cluster-wide; no namespaced resource is granted there.
+    cluster_role = one(manifests, "ClusterRole")
+    assert {res for rule in cluster_role["rules"] for res in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces"}
+    assert container_env(one(manifests, "Deployment"))["KONTINUAL_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_operator_deployment_is_hardened_and_probed() -> None:
+    deployment = one(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["args"] == ["operator"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    assert container_env(deployment)["KONTINUAL_HEALTH_PORT"] == "8080"
+    # The selector must match the pod template (else the API server rejects the Deployment).
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_values_reach_the_operator_environment() -> None:
+    deployment = one(render({
+        "image.tag": "1.2.3", "serverImage.repository": "registry.local/srv", "trainerImage.tag": "cuda-1.2.3",
+        "roboflow.apiUrl": "http://roboflow.internal:8000", "roboflow.pollSeconds": "30",
+        "resyncSeconds": "15", "logging.level": "DEBUG", "logging.format": "json", "healthPort": "9090",
+    }), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "kontinual/operator:1.2.3"
+    env = container_env(deployment)
+    assert env["KONTINUAL_SERVER_IMAGE"] == "registry.local/srv:0.1.0"
+    assert env["KONTINUAL_TRAINER_IMAGE"] == "kontinual/trainer:cuda-1.2.3"
+    assert env["KONTINUAL_ROBOFLOW_API_URL"] == "http://roboflow.internal:8000"
+    assert env["KONTINUAL_ROBOFLOW_POLL_SECONDS"] == "30"
+    assert env["KONTINUAL_RESYNC_SECONDS"] == "15"
+    assert env["KONTINUAL_LOG_LEVEL"] == "DEBUG"
+    assert env["KONTINUAL_LOG_FORMAT"] == "json"
+    assert env["KONTINUAL_HEALTH_PORT"] == "9090"
+    assert container["ports"][0]["containerPort"] == 9090
+
+
+def test_rendered_environment_parses_into_operator_settings() -> None:
+    """What the chart sets is what kontinual.settings accepts (no typo'd variable, no bad value)."""
+    from kontinual.settings import Settings
+
+    env = container_env(one(render({"watchNamespaces": "{team-a}", "logging.format": "json"}), "Deployment"))
+    settings = Settings.from_env(env)
+    assert settings.watch_namespaces == ("team-a",)
+    assert settings.log_format == "json"
+    assert settings.server_image == "kontinual/server:0.1.0"
+    assert settings.roboflow_poll_seconds == 300
+    known = {f"KONTINUAL_{name.upper()}" for name in Settings.__dataclass_fields__}
+    assert set(env) <= known, f"chart sets variables the operator does not read: {set(env) - known}"
+
+
+def test_image_tags_default_to_app_version() -> None:
+    app_version = helm("show", "chart", str(CHART)).stdout.split("appVersion:")[1].split()[0].strip('"')
+    import kontinual
+
+    assert app_version == kontinual.__version__, "Chart.yaml appVersion must be the package version"
+    env = container_env(one(render(), "Deployment"))
+    assert env["KONTINUAL_SERVER_IMAGE"] == f"kontinual/server:{app_version}"
+    assert env["KONTINUAL_TRAINER_IMAGE"] == f"kontinual/trainer:{app_version}"
+
+
+@pytest.mark.parametrize(("key", "value", "complaint"), [
+    ("resyncSeconds", "abc", "resyncSeconds"),
+    ("logging.format", "xml", "logging.format"),
+    ("watchNamespaces", "team-a", "watchNamespaces"),
+    ("watchNamespaces", "{Not_A_Namespace}", "watchNamespaces"),
+    ("roboflow.pollSeconds", "0", "roboflow.pollSeconds"),
+    ("image.pullPolicy", "Sometimes", "image.pullPolicy"),
+    ("replicaCount", "2", "replicaCount"),
+])
+def test_schema_rejects_bad_values(key: str, value: str, complaint: str) -> None:
+    with pytest.raises(HelmFailed) as failure:
+        render({key: value})
+    assert "don't meet the specifications of the schema" in str(failure.value)
+    assert complaint in str(failure.value)
+
+
+def test_schema_is_valid_json_and_describes_every_top_level_value() -> None:
+    import yaml
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) <= set(schema["properties"])
+
+
+def test_every_value_has_a_comment() -> None:
+    """Each top-level value, and each key of the small settings sections, has a comment above it."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    sections = ("image:", "serverImage:", "trainerImage:", "roboflow:", "logging:", "serviceAccount:", "rbac:")
+    section = ""
+    for index, line in enumerate(lines):
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            section = line.split()[0]
+        if indent == 0 or (indent == 2 and section in sections):
+            assert lines[index - 1].lstrip().startswith("#"), f"values.yaml:{index + 1} has no comment: {line}"
+
+
+def test_chart_crd_is_identical_to_top_level_crd() -> None:
+    top = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert top and chart == top, "helm/kontinual/crds/ must hold exactly the files of crds/"
+    for name in top:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"helm/kontinual/crds/{name} differs from crds/{name}: cp crds/{name} helm/kontinual/crds/")
+
+
+def test_notes_tell_the_next_command() -> None:
+    text = notes()
+    assert f"kubectl --namespace {RELEASE_NAMESPACE} rollout status deployment/kontinual" in text
+    assert "kubectl apply -f examples/minimal.yaml" in text
+    assert "kubectl wait --for=condition=Ready cmodel/demo" in text
+    assert "never upgrades" in text
+    assert "every namespace" in text
+    assert "team-a, team-b" in notes({"watchNamespaces": "{team-a,team-b}"})
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    manifests = render({"rbac.create": "false", "serviceAccount.create": "false", "serviceAccount.name": "mine"})
+    assert not [m for m in manifests if m["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                                       "ServiceAccount")]
+    assert one(manifests, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
