@@ -1,0 +1,309 @@
+"""Pure builders: a parsed Spec (and the model to serve) in, the serving children as plain dicts out."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from kontinual import GROUP, KIND, VERSION, yamlio
+from kontinual.logging_config import render_logging
+from kontinual.settings import Settings
+from kontinual.spec import ModelSource, Spec
+
+CONFIG_DIR = "/etc/kontinual"
+CONFIG_FILE = "server.yaml"
+MODELS_MOUNT = "/models"
+MODEL_CACHE = "/model-cache"
+RUN_AS_USER = 10001
+# DeepSparse compiles the model before it listens: allow up to 10 minutes for that.
+STARTUP_PERIOD_SECONDS, STARTUP_FAILURES = 10, 60
+DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "1", "memory": "1536Mi"}, "limits": {"memory": "4Gi"}}
+ANNOTATION_MODEL_VERSION = f"{GROUP}/model-version"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """The model the server should run: version 0 is the spec's seed model, N a trained version."""
+
+    version: int
+    source: ModelSource
+    sha256: str | None = None
+
+    @classmethod
+    def seed(cls, spec: Spec) -> "ModelTarget":
+        return cls(version=0, source=spec.model)
+
+    @classmethod
+    def trained(cls, spec: Spec, version: int, sha256: str | None = None) -> "ModelTarget":
+        uri = f"pvc://{spec.storage.claim_name}/v{version}/model.onnx"
+        return cls(version=version, source=ModelSource.parse(uri, "status.serving.uri"), sha256=sha256)
+
+
+def names(spec: Spec) -> dict[str, str]:
+    """Names of the children of one ContinualModel."""
+    return {
+        "config": f"{spec.name}-server-config",
+        "server": f"{spec.name}-server",
+        "claim": spec.storage.claim_name,
+    }
+
+
+def labels(spec: Spec, component: str) -> dict[str, str]:
+    """Labels every child carries (never the parent's own labels: GitOps tools would prune children)."""
+    return {
+        "app.kubernetes.io/name": "kontinual",
+        "app.kubernetes.io/managed-by": "kontinual",
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/component": component,
+        f"{GROUP}/model": spec.name,
+    }
+
+
+def selector(spec: Spec, component: str) -> dict[str, str]:
+    """The immutable selector subset of `labels`."""
+    return {"app.kubernetes.io/instance": spec.name, "app.kubernetes.io/component": component}
+
+
+def owner_reference(spec: Spec) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": spec.name,
+        "uid": spec.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(spec: Spec, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": labels(spec, component),
+        "ownerReferences": [owner_reference(spec)],
+    }
+
+
+def model_path(source: ModelSource) -> str:
+    """Where the server finds the model inside its pod."""
+    if source.scheme == "pvc":
+        return f"{MODELS_MOUNT}/{source.path}"
+    if source.scheme == "https":
+        return f"{MODEL_CACHE}/model.onnx"
+    return source.path  # zoo stub as is, file:// as its absolute path
+
+
+def server_url(spec: Spec) -> str:
+    """In-cluster URL of the upload route (multipart field `request`)."""
+    return f"http://{spec.name}-server.{spec.namespace}.svc:{spec.serving.port}/v2/models/{spec.name}/infer/from_files"
+
+
+def server_config(spec: Spec, target: ModelTarget | None = None) -> dict[str, Any]:
+    """The DeepSparse 1.8.0 server config (server.yaml). Never holds a secret."""
+    target = target or ModelTarget.seed(spec)
+    endpoint: dict[str, Any] = {
+        "task": spec.task,
+        "name": spec.name,
+        "route": f"/{spec.name}",
+        "model": model_path(target.source),
+        "batch_size": spec.serving.batch_size,
+    }
+    if spec.class_names:
+        endpoint["kwargs"] = {"class_names": list(spec.class_names)}
+    config: dict[str, Any] = {}
+    if spec.serving.num_cores:
+        config["num_cores"] = spec.serving.num_cores
+    config["endpoints"] = [endpoint]
+    if spec.data_logging:
+        loggers, data_logging = render_logging(
+            spec.data_logging, endpoint=spec.name, model_version=str(target.version), class_names=spec.class_names
+        )
+        config["loggers"] = loggers
+        endpoint["data_logging"] = data_logging
+    return config
+
+
+def config_map(spec: Spec, target: ModelTarget | None = None) -> dict[str, Any]:
+    text = yamlio.dump(server_config(spec, target))
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, names(spec)["config"], "server"),
+        "data": {CONFIG_FILE: text},
+    }
+
+
+def config_hash(config_map_obj: dict[str, Any]) -> str:
+    return hashlib.sha256(config_map_obj["data"][CONFIG_FILE].encode()).hexdigest()[:16]
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _probe(path: str, *, period: int, failures: int, initial: int = 0) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "initialDelaySeconds": initial,
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, list, list]:
+    """Volumes, server mounts and init containers that put the model where model_path says."""
+    source = target.source
+    if source.scheme == "pvc":
+        volume = {"name": "models", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}}
+        return [volume], [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}], []
+    if source.scheme == "https":
+        fetch = {
+            "name": "fetch-model",
+            "image": image,
+            "command": ["python", "-c", "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])",
+                        source.path, f"{MODEL_CACHE}/model.onnx"],
+            "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_CACHE}],
+            "securityContext": _container_security(),
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        }
+        mount = {"name": "model-cache", "mountPath": MODEL_CACHE, "readOnly": True}
+        return [{"name": "model-cache", "emptyDir": {}}], [mount], [fetch]
+    return [], [], []
+
+
+def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None,
+               config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The DeepSparse Server Deployment; the pod-template annotations roll it on model or config change."""
+    target = target or ModelTarget.seed(spec)
+    config = config or config_map(spec, target)
+    serving = spec.serving
+    image = serving.image or settings.server_image
+    env: list[dict[str, Any]] = [
+        {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},  # caches (sparsezoo stubs) go to the writable emptyDir
+    ]
+    ports = [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}]
+    if spec.data_logging:
+        ref = spec.data_logging.roboflow.api_key
+        env.append({"name": "ROBOFLOW_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        ports.append({"name": "metrics", "containerPort": spec.data_logging.metrics_port, "protocol": "TCP"})
+    volumes, mounts, init = _model_volumes(spec, target, image)
+    volumes += [
+        {"name": "config", "configMap": {"name": names(spec)["config"]}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts += [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    container = {
+        "name": "server",
+        "image": image,
+        "command": ["deepsparse.server", "--config-file", f"{CONFIG_DIR}/{CONFIG_FILE}",
+                    "--host", "0.0.0.0", "--port", str(serving.port)],
+        "ports": ports,
+        "env": env,
+        "resources": dict(serving.resources) or DEFAULT_SERVER_RESOURCES,
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "startupProbe": _probe("/v2/health/live", period=STARTUP_PERIOD_SECONDS, failures=STARTUP_FAILURES),
+        "volumeMounts": mounts,
+        "securityContext": _container_security(),
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in serving.tolerations]
+    if serving.affinity:
+        pod_spec["affinity"] = dict(serving.affinity)
+    if serving.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in serving.image_pull_secrets]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(spec, names(spec)["server"], "server"),
+        "spec": {
+            "replicas": serving.replicas,
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": serving.progress_deadline_seconds,
+            "selector": {"matchLabels": selector(spec, "server")},
+            # maxUnavailable 0: a new pod must be ready before an old one goes, so no request is lost.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": labels(spec, "server"),
+                    "annotations": {
+                        ANNOTATION_MODEL_VERSION: str(target.version),
+                        ANNOTATION_CONFIG_HASH: config_hash(config),
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(spec: Spec) -> dict[str, Any]:
+    ports = [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}]
+    if spec.data_logging:
+        ports.append({"name": "metrics", "port": spec.data_logging.metrics_port, "targetPort": "metrics",
+                      "protocol": "TCP"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(spec, names(spec)["server"], "server"),
+        "spec": {"type": "ClusterIP", "selector": selector(spec, "server"), "ports": ports},
+    }
+
+
+def model_claim(spec: Spec) -> dict[str, Any] | None:
+    """The model-storage PVC, or None when the user names an existing claim."""
+    if not spec.storage.create:
+        return None
+    claim_spec: dict[str, Any] = {
+        "accessModes": list(spec.storage.access_modes),
+        "resources": {"requests": {"storage": spec.storage.size}},
+    }
+    if spec.storage.storage_class:
+        claim_spec["storageClassName"] = spec.storage.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(spec, spec.storage.claim_name, "storage"),
+        "spec": claim_spec,
+    }
+
+
+def serving_children(spec: Spec, settings: Settings, target: ModelTarget | None = None) -> list[dict[str, Any]]:
+    """Every serving child, in the order they should be applied (storage and config before pods)."""
+    target = target or ModelTarget.seed(spec)
+    cm = config_map(spec, target)
+    claim = model_claim(spec)
+    return ([claim] if claim else []) + [cm, service(spec), deployment(spec, settings, target, cm)]

@@ -1,0 +1,133 @@
+"""kopf wiring: thin handlers that all call the one reconcile; operator settings; `kontinual operator`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+from kopf._core.intents.registries import SmartOperatorRegistry  # the default registry's class: adds kopf's login handlers
+
+from kontinual import GROUP, PLURAL, VERSION, k8s
+from kontinual.logs import setup_logging
+from kontinual.reconcile import forget, reconcile
+from kontinual.settings import Settings
+
+log = logging.getLogger(__name__)
+registry = SmartOperatorRegistry()  # includes kopf's kubeconfig/in-cluster login
+CHILD_LABELS = {"app.kubernetes.io/managed-by": "kontinual"}
+MODEL_LABEL = f"{GROUP}/model"
+# What kopf itself calls besides our resources (checked against the chart's RBAC with k8s.API_USAGE).
+FRAMEWORK_API_USAGE: list[tuple[str, str, tuple[str, ...]]] = [
+    ("apiextensions.k8s.io", "customresourcedefinitions", ("get", "list", "watch")),
+    ("", "namespaces", ("get", "list", "watch")),
+    ("", "events", ("create",)),
+    ("events.k8s.io", "events", ("create",)),
+    (GROUP, PLURAL, ("get", "list", "watch", "patch")),
+]
+
+
+class _State:
+    settings: Settings = Settings()
+    last_reconciled: dict[str, float] = {}
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's bookkeeping under our own domain, and no noise Events for every handler run."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.peering.standalone = True
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+
+
+@kopf.on.startup(registry=registry)
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    _State.settings = Settings.from_env()
+    configure(settings)
+    k8s.load_config()
+    log.info("kontinual operator started: server image %s, trainer image %s",
+             _State.settings.server_image, _State.settings.trainer_image)
+
+
+def _run(body: kopf.Body, *, announce: bool) -> None:
+    outcome = reconcile(body, _State.settings)
+    _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
+    if outcome.invalid:
+        if announce:
+            kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
+            raise kopf.PermanentError(outcome.invalid)  # no retry: only a spec change can fix it
+        return
+    if outcome.error:
+        raise kopf.TemporaryError(outcome.error, delay=10)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+def on_change(body: kopf.Body, **_: Any) -> None:
+    _run(body, announce=True)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+def on_delete(name: str, namespace: str, uid: str, **_: Any) -> None:
+    # Children go with the owner (ownerReferences); only our in-memory bookkeeping is ours to drop.
+    forget(namespace, name)
+    _State.last_reconciled.pop(uid, None)
+    log.info("%s/%s deleted; its children are garbage-collected by Kubernetes", namespace, name)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=15, initial_delay=15, idle=5, registry=registry)
+def resync(body: kopf.Body, uid: str, **_: Any) -> None:
+    """Repair drift no watch event told us about (e.g. a ConfigMap edited by hand)."""
+    last = _State.last_reconciled.get(uid, 0.0)
+    if time.monotonic() - last >= _State.settings.resync_seconds:
+        _run(body, announce=False)
+
+
+def _on_child(event: dict[str, Any], namespace: str, labels: dict[str, str]) -> None:
+    parent = labels.get(MODEL_LABEL)
+    if not parent:
+        return
+    body = k8s.get("ContinualModel", namespace, parent)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    outcome = reconcile(body, _State.settings)
+    _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
+    if outcome.error:
+        log.warning("%s/%s: %s", namespace, parent, outcome.error)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, registry=registry)
+def on_deployment(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+    """Rollout progress (status) and hand edits or deletions of the server Deployment."""
+    _on_child(event, namespace, labels)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS, registry=registry)
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS, registry=registry)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS, registry=registry)
+def on_simple_child(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+    """A config, service or claim deleted or edited by hand comes back as specified."""
+    if event.get("type") in ("DELETED", "MODIFIED"):
+        _on_child(event, namespace, labels)
+
+
+def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int | None) -> int:
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, settings.log_format)
+    watched = [] if all_namespaces else (namespaces or list(settings.watch_namespaces))
+    port = health_port or settings.health_port
+    log.info("watching %s", ", ".join(watched) if watched else "all namespaces")
+    kopf.run(
+        registry=registry,
+        clusterwide=not watched,
+        namespaces=watched,
+        standalone=True,
+        liveness_endpoint=f"http://0.0.0.0:{port}/healthz",
+    )
+    return 0

@@ -1,0 +1,177 @@
+"""The one module that talks to the Kubernetes API (besides kopf itself): apply, get, list, status.
+
+Children are applied with JSON merge-patch under one field manager (and created on 404): the
+patch carries the whole desired object, so lists we own (containers, volumes, env) are replaced
+as a whole and hand edits to them are undone; fields we never set are left to their owners.
+Every resource and verb used here is declared in `API_USAGE`, from which the Helm chart's RBAC
+is checked (tests/chart), so the code and the chart cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from kontinual import GROUP, PLURAL, VERSION
+
+FIELD_MANAGER = "kontinual"
+log = logging.getLogger(__name__)
+
+# (apiGroup, resource, verbs) for every call this module can make; see the module docstring.
+API_USAGE: list[tuple[str, str, tuple[str, ...]]] = []
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    verbs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        API_USAGE.append((self.group, self.plural, self.verbs))
+
+    def path(self, namespace: str, name: str = "") -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        plural, _, subresource = self.plural.partition("/")
+        path = f"{base}/namespaces/{namespace}/{plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+RESOURCES: dict[str, Resource] = {
+    "ContinualModel": Resource(GROUP, VERSION, PLURAL, ("get", "list", "watch", "patch")),
+    "ConfigMap": Resource("", "v1", "configmaps", ("get", "list", "watch", "create", "patch")),
+    "Service": Resource("", "v1", "services", ("get", "list", "watch", "create", "patch")),
+    "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims", ("get", "list", "watch", "create", "patch")),
+    "Deployment": Resource("apps", "v1", "deployments", ("get", "list", "watch", "create", "patch")),
+    "Job": Resource("batch", "v1", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
+    "Pod": Resource("", "v1", "pods", ("get", "list", "watch")),
+}
+STATUS = Resource(GROUP, VERSION, f"{PLURAL}/status", ("get", "patch"))
+
+_client: client.ApiClient | None = None
+_lock = threading.Lock()
+
+
+def load_config() -> None:
+    """Use the in-cluster config inside a pod, else KUBECONFIG / ~/.kube/config."""
+    global _client
+    with _lock:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        _client = client.ApiClient()
+
+
+def use_client(api_client: client.ApiClient) -> None:
+    global _client
+    _client = api_client
+
+
+def _api() -> client.ApiClient:
+    if _client is None:
+        load_config()
+    assert _client is not None
+    return _client
+
+
+def _call(method: str, path: str, body: Any = None, *, content_type: str = "application/json",
+          query: list[tuple[str, str]] | None = None) -> Any:
+    return _api().call_api(
+        path, method,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        response_types_map={200: "object", 201: "object"},
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+    )
+
+
+def api_error(exc: ApiException) -> str:
+    """The API server's own message of a failed call (e.g. the schema violation)."""
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _call("GET", RESOURCES[kind].path(namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def list_objects(kind: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    result = _call("GET", RESOURCES[kind].path(namespace), query=query)
+    return list(result.get("items") or [])
+
+
+def apply(obj: dict[str, Any], *, metadata_only: bool = False) -> dict[str, Any]:
+    """Make the object match `obj`: merge-patch it, or create it when absent.
+
+    `metadata_only` patches only labels/ownerReferences of an existing object (for kinds
+    whose spec is immutable once created, like PersistentVolumeClaims).
+    """
+    resource = RESOURCES[obj["kind"]]
+    meta = obj["metadata"]
+    path = resource.path(meta["namespace"], meta["name"])
+    patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences") if k in meta}} if metadata_only else obj
+    try:
+        return _call("PATCH", path, patch, content_type="application/merge-patch+json",
+                     query=[("fieldManager", FIELD_MANAGER)])
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    try:
+        return _call("POST", resource.path(meta["namespace"]), obj, query=[("fieldManager", FIELD_MANAGER)])
+    except ApiException as exc:
+        if exc.status == 409:  # created concurrently: patch it on the next reconcile
+            return get(obj["kind"], meta["namespace"], meta["name"]) or obj
+        raise
+
+
+def create(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Create once; None if it already exists (names are deterministic, so this is idempotent)."""
+    meta = obj["metadata"]
+    try:
+        return _call("POST", RESOURCES[obj["kind"]].path(meta["namespace"]), obj,
+                     query=[("fieldManager", FIELD_MANAGER)])
+    except ApiException as exc:
+        if exc.status == 409:
+            return None
+        raise
+
+
+def delete(kind: str, namespace: str, name: str) -> None:
+    try:
+        _call("DELETE", RESOURCES[kind].path(namespace, name), {"propagationPolicy": "Background"})
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch the ContinualModel's status subresource; None if the object is gone."""
+    try:
+        return _call("PATCH", STATUS.path(namespace, name), {"status": status},
+                     content_type="application/merge-patch+json", query=[("fieldManager", FIELD_MANAGER)])
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise

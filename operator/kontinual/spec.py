@@ -1,0 +1,410 @@
+"""Parse a ContinualModel's spec, once, into frozen typed objects; cross-field rules live here.
+
+The CRD's OpenAPI schema does structural validation (types, enums, minimums, defaults) on the
+API server. This module re-applies the defaults (so `kontinual render` works on a file that never
+met an API server) and checks what a schema cannot express. Every error names the field path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kontinual.settings import Settings
+
+DEFAULT_PORT = 5543
+DEFAULT_METRICS_PORT = 9101
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+VERSION_RE = re.compile(r"^(latest|[1-9][0-9]*)$")
+CRON_RE = re.compile(r"^\s*(\S+\s+){4}\S+\s*$")
+
+
+class SpecError(ValueError):
+    """An invalid ContinualModel spec; the message names the field and what is expected."""
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: zoo stub, https URL, a path on a PVC, or a file in the image."""
+
+    uri: str
+    scheme: str  # zoo | https | pvc | file
+    claim: str = ""  # pvc only
+    path: str = ""  # pvc: path inside the claim; file: absolute path; https: the URL
+
+    @classmethod
+    def parse(cls, uri: str, where: str) -> "ModelSource":
+        if uri.startswith("zoo:") and len(uri) > 4:
+            return cls(uri=uri, scheme="zoo", path=uri)
+        if uri.startswith("https://") and len(uri) > 8:
+            return cls(uri=uri, scheme="https", path=uri)
+        if uri.startswith("pvc://"):
+            claim, _, path = uri[len("pvc://"):].partition("/")
+            if not NAME_RE.match(claim) or not path:
+                raise SpecError(f"{where} must look like pvc://<claim-name>/<path>, got {uri!r}")
+            return cls(uri=uri, scheme="pvc", claim=claim, path=path.lstrip("/"))
+        if uri.startswith("file:///"):
+            return cls(uri=uri, scheme="file", path=uri[len("file://"):])
+        raise SpecError(
+            f"{where} must be one of zoo:<stub>, https://..., pvc://<claim>/<path> or file:///<path>, got {uri!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    replicas: int = 1
+    image: str = ""
+    port: int = DEFAULT_PORT
+    batch_size: int = 1
+    num_cores: int | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    image_pull_secrets: tuple[str, ...] = ()
+    progress_deadline_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class RoboflowRef:
+    workspace: str
+    project: str
+    api_key: SecretKeyRef
+    api_url: str
+    split: str = "train"
+    batch: str = "production"
+    tags: tuple[str, ...] = ("production",)
+
+
+@dataclass(frozen=True)
+class DataLogging:
+    roboflow: RoboflowRef
+    frequency: int = 100
+    max_per_minute: int = 60
+    upload_predictions: bool = False
+    queue_size: int = 100
+    metrics_port: int = DEFAULT_METRICS_PORT
+
+
+@dataclass(frozen=True)
+class Trigger:
+    schedule: str | None = None
+    min_new_labeled_images: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A SparseML recipe: from a ConfigMap key, a URI, or (neither) the trainer's built-in one."""
+
+    config_map: SecretKeyRef | None = None  # same shape: name + key
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
+class Training:
+    dataset: RoboflowRef
+    dataset_version: str = "latest"
+    trigger: Trigger = Trigger()
+    base_weights: str = ""
+    recipe: Recipe = Recipe()
+    epochs: int = 50
+    image_size: int = 640
+    batch_size: int = 16
+    device: str = "auto"
+    image: str = ""
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    active_deadline_seconds: int = 86400
+    backoff_limit: int = 1
+    ttl_seconds_after_finished: int = 86400
+
+
+@dataclass(frozen=True)
+class Storage:
+    claim_name: str  # resolved: the user's claim or NAME-models
+    create: bool  # True when the operator owns the claim
+    size: str = "10Gi"
+    storage_class: str | None = None
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str = "mAP50"
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rollout:
+    gate: Gate = Gate()
+    history_limit: int = 5
+    pinned_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed ContinualModel: identity plus every section of its spec, defaults applied."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    task: str
+    model: ModelSource
+    serving: Serving
+    storage: Storage
+    rollout: Rollout
+    class_names: tuple[str, ...] = ()
+    data_logging: DataLogging | None = None
+    training: Training | None = None
+
+
+class _Reader:
+    """Typed access to one mapping of the spec, remembering its field path for messages."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{path} must be an object, got {type(data).__name__}")
+        self.data, self.path = data, path
+
+    def sub(self, key: str) -> "_Reader":
+        return _Reader(self.data.get(key), f"{self.path}.{key}")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) not in (None, "", {})
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.data.get(key)
+        if value in (None, ""):
+            if required:
+                raise SpecError(f"{self.path}.{key} is required")
+            return default if default is not None else ""
+        if not isinstance(value, str):
+            raise SpecError(f"{self.path}.{key} must be a string, got {value!r}")
+        return value
+
+    def int(self, key: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{self.path}.{key} must be a whole number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise SpecError(f"{self.path}.{key} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise SpecError(f"{self.path}.{key} must be <= {maximum}, got {value}")
+        return value
+
+    def req_int(self, key: str, default: int, **bounds: int) -> int:
+        value = self.int(key, default, **bounds)
+        return default if value is None else value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise SpecError(f"{self.path}.{key} must be true or false, got {value!r}")
+        return value
+
+    def float(self, key: str, default: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{self.path}.{key} must be a number, got {value!r}")
+        return float(value)
+
+    def enum(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise SpecError(f"{self.path}.{key} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise SpecError(f"{self.path}.{key} must be a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        return dict(self.sub(key).data)
+
+    def objects(self, key: str) -> tuple[Mapping[str, Any], ...]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise SpecError(f"{self.path}.{key} must be a list of objects")
+        return tuple(dict(v) for v in value)
+
+    def name(self, key: str, *, required: bool = False) -> str:
+        value = self.str(key, required=required)
+        if value and (len(value) > 253 or not NAME_RE.match(value)):
+            raise SpecError(f"{self.path}.{key} must be a Kubernetes name (lowercase letters, digits, '-'), got {value!r}")
+        return value
+
+    def secret_ref(self, key: str, default_key: str) -> SecretKeyRef:
+        ref = self.sub(key)
+        return SecretKeyRef(name=ref.name("name", required=True), key=ref.str("key", default_key))
+
+
+def _serving(r: _Reader) -> Serving:
+    pull = r.objects("imagePullSecrets")
+    return Serving(
+        replicas=r.req_int("replicas", 1, minimum=0),
+        image=r.str("image"),
+        port=r.req_int("port", DEFAULT_PORT, minimum=1, maximum=65535),
+        batch_size=r.req_int("batchSize", 1, minimum=1),
+        num_cores=r.int("numCores", None, minimum=1),
+        resources=r.mapping("resources"),
+        node_selector=r.mapping("nodeSelector"),
+        tolerations=r.objects("tolerations"),
+        affinity=r.mapping("affinity"),
+        image_pull_secrets=tuple(str(p.get("name", "")) for p in pull if p.get("name")),
+        progress_deadline_seconds=r.req_int("progressDeadlineSeconds", 600, minimum=30),
+    )
+
+
+def _roboflow(r: _Reader, settings: Settings, fallback: RoboflowRef | None = None) -> RoboflowRef:
+    """Roboflow coordinates; each missing one falls back to `fallback` (dataLogging's) if given."""
+
+    def pick(key: str) -> str:
+        value = r.str(key)
+        if not value and fallback is not None:
+            value = getattr(fallback, {"apiUrl": "api_url"}.get(key, key))
+        if not value:
+            hint = " (or set spec.dataLogging.roboflow)" if r.path.startswith("spec.training") else ""
+            raise SpecError(f"{r.path}.{key} is required{hint}")
+        return value
+
+    if r.has("apiKeySecretRef"):
+        key = r.secret_ref("apiKeySecretRef", "apiKey")
+    elif fallback is not None:
+        key = fallback.api_key
+    else:
+        hint = " (or set spec.dataLogging.roboflow)" if r.path.startswith("spec.training") else ""
+        raise SpecError(f"{r.path}.apiKeySecretRef is required: the Secret holding the Roboflow API key{hint}")
+    api_url = r.str("apiUrl") or (fallback.api_url if fallback else settings.roboflow_api_url)
+    if not api_url.startswith(("https://", "http://")):
+        raise SpecError(f"{r.path}.apiUrl must be an http(s) URL, got {api_url!r}")
+    return RoboflowRef(
+        workspace=pick("workspace"),
+        project=pick("project"),
+        api_key=key,
+        api_url=api_url.rstrip("/"),
+        split=r.enum("split", "train", ("train", "valid", "test")),
+        batch=r.str("batch", "production"),
+        tags=r.strings("tags", ("production",)),
+    )
+
+
+def _data_logging(r: _Reader, settings: Settings) -> DataLogging:
+    return DataLogging(
+        roboflow=_roboflow(r.sub("roboflow"), settings),
+        frequency=r.req_int("frequency", 100, minimum=1),
+        max_per_minute=r.req_int("maxPerMinute", 60, minimum=1),
+        upload_predictions=r.bool("uploadPredictions", False),
+        queue_size=r.req_int("queueSize", 100, minimum=1),
+        metrics_port=r.req_int("metricsPort", DEFAULT_METRICS_PORT, minimum=1, maximum=65535),
+    )
+
+
+def _training(r: _Reader, settings: Settings, logging: DataLogging | None) -> Training:
+    trigger = r.sub("trigger")
+    schedule = trigger.str("schedule") or None
+    if schedule is not None and not CRON_RE.match(schedule):
+        raise SpecError(f"spec.training.trigger.schedule must be a 5-field cron expression (UTC), got {schedule!r}")
+    recipe = r.sub("recipe")
+    if recipe.has("configMapRef") and recipe.has("uri"):
+        raise SpecError("spec.training.recipe: set configMapRef or uri, not both")
+    dataset = r.sub("dataset")
+    version = str(dataset.data.get("version", "latest"))
+    if not VERSION_RE.match(version):
+        raise SpecError(f"spec.training.dataset.version must be 'latest' or a version number, got {version!r}")
+    image_size = r.req_int("imageSize", 640, minimum=32)
+    if image_size % 32:
+        raise SpecError(f"spec.training.imageSize must be a multiple of 32 (YOLOv5 strides), got {image_size}")
+    return Training(
+        dataset=_roboflow(dataset, settings, logging.roboflow if logging else None),
+        dataset_version=version,
+        trigger=Trigger(schedule=schedule, min_new_labeled_images=trigger.int("minNewLabeledImages", None, minimum=1)),
+        base_weights=r.str("baseWeights"),
+        recipe=Recipe(
+            config_map=recipe.secret_ref("configMapRef", "recipe.yaml") if recipe.has("configMapRef") else None,
+            uri=recipe.str("uri") or None,
+        ),
+        epochs=r.req_int("epochs", 50, minimum=1),
+        image_size=image_size,
+        batch_size=r.req_int("batchSize", 16, minimum=1),
+        device=r.enum("device", "auto", ("auto", "cpu", "cuda")),
+        image=r.str("image"),
+        resources=r.mapping("resources"),
+        node_selector=r.mapping("nodeSelector"),
+        tolerations=r.objects("tolerations"),
+        active_deadline_seconds=r.req_int("activeDeadlineSeconds", 86400, minimum=60),
+        backoff_limit=r.req_int("backoffLimit", 1, minimum=0),
+        ttl_seconds_after_finished=r.req_int("ttlSecondsAfterFinished", 86400, minimum=0),
+    )
+
+
+def _storage(r: _Reader, name: str) -> Storage:
+    pvc = r.sub("pvc")
+    claim = pvc.name("claimName")
+    modes = pvc.strings("accessModes", ("ReadWriteOnce",))
+    return Storage(
+        claim_name=claim or f"{name}-models",
+        create=not claim,
+        size=pvc.str("size", "10Gi"),
+        storage_class=pvc.str("storageClassName") or None,
+        access_modes=modes,
+    )
+
+
+def _rollout(r: _Reader) -> Rollout:
+    gate = r.sub("gate")
+    return Rollout(
+        gate=Gate(metric=gate.enum("metric", "mAP50", ("mAP50", "mAP50_95")), min_delta=gate.float("minDelta", 0.0)),
+        history_limit=r.req_int("historyLimit", 5, minimum=1, maximum=50),
+        pinned_version=r.int("pinnedVersion", None, minimum=1),
+    )
+
+
+def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
+    """The whole ContinualModel object (metadata + spec) -> Spec, or SpecError naming the field."""
+    settings = settings or Settings()
+    meta = body.get("metadata") or {}
+    name = meta.get("name") or ""
+    if not NAME_RE.match(name) or len(name) > 45:
+        # Children are named NAME-server-config / NAME-train-N: keep room under the 63-char label limit.
+        raise SpecError(f"metadata.name must be a DNS-1123 label of at most 45 characters, got {name!r}")
+    r = _Reader(body.get("spec"), "spec")
+    task = r.enum("task", "yolo", ("yolo",))
+    model = ModelSource.parse(r.sub("model").str("uri", required=True), "spec.model.uri")
+    logging = _data_logging(r.sub("dataLogging"), settings) if r.has("dataLogging") else None
+    class_names = r.strings("classNames")
+    if logging and logging.upload_predictions and not class_names:
+        raise SpecError("spec.classNames is required when spec.dataLogging.uploadPredictions is true "
+                        "(pre-annotations need class names)")
+    training = _training(r.sub("training"), settings, logging) if r.has("training") else None
+    storage = _storage(r.sub("storage"), name)
+    return Spec(
+        name=name,
+        namespace=meta.get("namespace") or "default",
+        uid=meta.get("uid") or "",
+        generation=int(meta.get("generation") or 0),
+        task=task,
+        model=model,
+        serving=_serving(r.sub("serving")),
+        storage=storage,
+        rollout=_rollout(r.sub("rollout")),
+        class_names=class_names,
+        data_logging=logging,
+        training=training,
+    )
