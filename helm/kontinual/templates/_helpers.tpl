@@ -79,17 +79,17 @@ cover kontinual.k8s.API_USAGE and kontinual.handlers.FRAMEWORK_API_USAGE).
 # Framework: posting the events about the handling of ContinualModels.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 - apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 # Framework + application: watching ContinualModels, their finalizer, their status.
 - apiGroups: [kontinual.io]
   resources: [continualmodels]
   verbs: [get, list, watch, patch]
 - apiGroups: [kontinual.io]
   resources: [continualmodels/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 # Application: the server's ConfigMap, Service and the model store's claim.
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
@@ -119,5 +119,5 @@ RBAC rules kopf needs cluster-wide whatever the watched namespaces are.
 # Framework: runtime observation of namespaces.
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 {{- end }}
