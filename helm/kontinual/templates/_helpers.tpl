@@ -94,6 +94,11 @@ cover kontinual.k8s.API_USAGE and kontinual.handlers.FRAMEWORK_API_USAGE).
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
   verbs: [get, list, watch, create, patch]
+# Application: reading the Roboflow API key from the Secret a ContinualModel names, to poll its
+# project for minNewLabeledImages triggers (get only: never list, watch or write Secrets).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 # Application: reading the trainer's result from its pod's termination message.
 - apiGroups: [""]
   resources: [pods]
