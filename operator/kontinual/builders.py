@@ -21,6 +21,16 @@ STARTUP_PERIOD_SECONDS, STARTUP_FAILURES = 10, 60
 DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "1", "memory": "1536Mi"}, "limits": {"memory": "4Gi"}}
 ANNOTATION_MODEL_VERSION = f"{GROUP}/model-version"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+VERIFY_SCRIPT = (
+    "import hashlib, sys\n"
+    "h = hashlib.sha256()\n"
+    "with open(sys.argv[1], 'rb') as f:\n"
+    "    for block in iter(lambda: f.read(1 << 20), b''):\n"
+    "        h.update(block)\n"
+    "if h.hexdigest() != sys.argv[2]:\n"
+    "    sys.exit(f'{sys.argv[1]}: sha256 {h.hexdigest()} does not match the trained result {sys.argv[2]}')\n"
+    "print(f'{sys.argv[1]}: sha256 verified')\n"
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ def config_hash(config_map_obj: dict[str, Any]) -> str:
     return hashlib.sha256(config_map_obj["data"][CONFIG_FILE].encode()).hexdigest()[:16]
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,
@@ -174,7 +184,20 @@ def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, l
     source = target.source
     if source.scheme == "pvc":
         volume = {"name": "models", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}}
-        return [volume], [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}], []
+        mount = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
+        init = []
+        if target.sha256:
+            # A trained model is served only if its bytes are the ones the trainer reported:
+            # a mismatch fails this init container, the rollout stalls and the operator rolls back.
+            init.append({
+                "name": "verify-model",
+                "image": image,
+                "command": ["python", "-c", VERIFY_SCRIPT, model_path(source), target.sha256],
+                "volumeMounts": [mount],
+                "securityContext": container_security(),
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            })
+        return [volume], [mount], init
     if source.scheme == "https":
         fetch = {
             "name": "fetch-model",
@@ -182,7 +205,7 @@ def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, l
             "command": ["python", "-c", "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])",
                         source.path, f"{MODEL_CACHE}/model.onnx"],
             "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_CACHE}],
-            "securityContext": _container_security(),
+            "securityContext": container_security(),
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         }
         mount = {"name": "model-cache", "mountPath": MODEL_CACHE, "readOnly": True}
@@ -227,7 +250,7 @@ def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         "startupProbe": _probe("/v2/health/live", period=STARTUP_PERIOD_SECONDS, failures=STARTUP_FAILURES),
         "volumeMounts": mounts,
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,

@@ -11,7 +11,7 @@ from kopf._core.intents.registries import SmartOperatorRegistry  # the default r
 
 from kontinual import GROUP, PLURAL, VERSION, k8s
 from kontinual.logs import setup_logging
-from kontinual.reconcile import forget, reconcile
+from kontinual.reconcile import Outcome, forget, reconcile
 from kontinual.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,15 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
              _State.settings.server_image, _State.settings.trainer_image)
 
 
+def _emit(body: Any, outcome: Outcome) -> None:
+    for kind, reason, message in outcome.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+
 def _run(body: kopf.Body, *, announce: bool) -> None:
     outcome = reconcile(body, _State.settings)
     _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
+    _emit(body, outcome)
     if outcome.invalid:
         if announce:
             kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
@@ -98,6 +104,7 @@ def _on_child(event: dict[str, Any], namespace: str, labels: dict[str, str]) -> 
         return
     outcome = reconcile(body, _State.settings)
     _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
+    _emit(body, outcome)
     if outcome.error:
         log.warning("%s/%s: %s", namespace, parent, outcome.error)
 
@@ -105,6 +112,12 @@ def _on_child(event: dict[str, Any], namespace: str, labels: dict[str, str]) -> 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, registry=registry)
 def on_deployment(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
     """Rollout progress (status) and hand edits or deletions of the server Deployment."""
+    _on_child(event, namespace, labels)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, registry=registry)
+def on_job(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+    """A training Job started, finished or vanished: record results, start a queued run."""
     _on_child(event, namespace, labels)
 
 

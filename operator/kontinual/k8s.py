@@ -9,6 +9,7 @@ is checked (tests/chart), so the code and the chart cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -56,6 +57,8 @@ RESOURCES: dict[str, Resource] = {
     "Deployment": Resource("apps", "v1", "deployments", ("get", "list", "watch", "create", "patch")),
     "Job": Resource("batch", "v1", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
     "Pod": Resource("", "v1", "pods", ("get", "list", "watch")),
+    # Only the Roboflow key, for minNewLabeledImages polling; never logged or stored.
+    "Secret": Resource("", "v1", "secrets", ("get",)),
 }
 STATUS = Resource(GROUP, VERSION, f"{PLURAL}/status", ("get", "patch"))
 
@@ -164,6 +167,17 @@ def delete(kind: str, namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def secret_value(namespace: str, name: str, key: str) -> str:
+    """One key of a Secret, decoded; a missing Secret or key raises LookupError naming which."""
+    secret = get("Secret", namespace, name)
+    if secret is None:
+        raise LookupError(f"Secret {namespace}/{name} not found")
+    raw = (secret.get("data") or {}).get(key)
+    if raw is None:
+        raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+    return base64.b64decode(raw).decode().strip()
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:

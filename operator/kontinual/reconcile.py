@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
 
-from kontinual import builders, k8s
+from kontinual import builders, k8s, loop, training_loop
 from kontinual.builders import ModelTarget
 from kontinual.settings import Settings
 from kontinual.spec import Spec, SpecError, parse
 from kontinual.status import (AVAILABLE, DEGRADED, RECONCILED, READY, TRAINING, Condition, availability,
                               merge_conditions, parse_conditions, roll_up)
+from kontinual.training_loop import Event
 
 log = logging.getLogger(__name__)
 # One reconcile at a time per object: the CR's own handlers and its children's watches share it.
@@ -31,25 +32,23 @@ class Outcome:
     invalid: str | None = None  # the SpecError message
     error: str | None = None  # an API failure worth retrying
     status: Mapping[str, Any] | None = None
+    events: tuple[Event, ...] = ()
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return loop.iso(utcnow())
 
 
-def serving_target(spec: Spec, status: Mapping[str, Any]) -> ModelTarget:
+def serving_target(spec: Spec, models: list[Mapping[str, Any]]) -> ModelTarget:
     """Which model to serve: the pinned version, else the newest promoted one, else the seed model."""
-    models = [m for m in status.get("models") or [] if isinstance(m, Mapping)]
-    if spec.rollout.pinned_version is not None:
-        pinned = next((m for m in models if m.get("version") == spec.rollout.pinned_version), None)
-        if pinned is not None:
-            return ModelTarget.trained(spec, int(pinned["version"]), pinned.get("sha256"))
-    serving = status.get("serving") or {}
-    version = serving.get("version") or 0
-    promoted = next((m for m in models if m.get("version") == version and m.get("promoted")), None)
-    if promoted is not None:
-        return ModelTarget.trained(spec, int(version), promoted.get("sha256"))
-    return ModelTarget.seed(spec)
+    model = loop.serving_model(spec, models)
+    if model is None:
+        return ModelTarget.seed(spec)
+    return ModelTarget.trained(spec, int(model["version"]), model.get("sha256"))
 
 
 def lock_for(namespace: str, name: str) -> threading.Lock:
@@ -67,6 +66,24 @@ def reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         return _reconcile(body, settings)
 
 
+def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget) -> dict[str, Any] | None:
+    deploy = None
+    for child in builders.serving_children(spec, settings, target):
+        result = k8s.apply(child, metadata_only=child["kind"] == "PersistentVolumeClaim")
+        if child["kind"] == "Deployment":
+            deploy = result
+    return deploy
+
+
+def _stalled_version(deploy: Mapping[str, Any] | None) -> int | None:
+    """The model version of a Deployment template whose rollout exceeded its progress deadline."""
+    if availability(deploy).reason != "ProgressDeadlineExceeded":
+        return None
+    annotations = (((deploy or {}).get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
+    version = annotations.get(builders.ANNOTATION_MODEL_VERSION, "0")
+    return int(version) if version.isdigit() else None
+
+
 def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
@@ -81,13 +98,27 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         _report(namespace, name, previous, generation, conditions, {})
         return Outcome(invalid=message)
 
-    target = serving_target(spec, previous)
-    deploy: dict[str, Any] | None = None
+    conditions: list[Condition] = []
+    events: list[Event] = []
+    fields: dict[str, Any] = {}
+    models = [dict(m) for m in previous.get("models") or []]
     try:
-        for child in builders.serving_children(spec, settings, target):
-            result = k8s.apply(child, metadata_only=child["kind"] == "PersistentVolumeClaim")
-            if child["kind"] == "Deployment":
-                deploy = result
+        if spec.training is not None:
+            state = training_loop.run(spec, previous, meta.get("annotations") or {}, settings, utcnow())
+            models, conditions, events = state.models, state.conditions, state.events
+            fields["training"] = state.training
+        target = serving_target(spec, models)
+        deploy = _apply_serving(spec, settings, target)
+        stalled = _stalled_version(deploy)
+        if stalled and stalled == target.version and spec.rollout.pinned_version is None:
+            # The new model's pods never became ready: go back, and never retry this version by itself.
+            message = f"v{stalled} did not become ready within {spec.serving.progress_deadline_seconds}s"
+            models = loop.mark_rolled_back(models, stalled, message)
+            target = serving_target(spec, models)
+            deploy = _apply_serving(spec, settings, target)
+            events.append(("Warning", "RolledBack", f"{message}; serving v{target.version} again"))
+            conditions = [c for c in conditions if c.type != DEGRADED]
+            conditions.append(Condition(DEGRADED, True, "RolloutFailed", f"{message}; rolled back to v{target.version}"))
     except ApiException as exc:
         message = f"applying children failed: {k8s.api_error(exc)}"
         conditions = [Condition(RECONCILED, False, "ApplyFailed", message), *_kept(kept, AVAILABLE)]
@@ -95,18 +126,28 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         return Outcome(spec=spec, error=message)
 
     wanted_generation = (deploy or {}).get("metadata", {}).get("generation")
-    available = availability(deploy, wanted_generation)
-    conditions = [Condition(RECONCILED, True, "ChildrenApplied", "server ConfigMap, Deployment, Service and storage match the spec"),
-                  available]
-    serving = {
+    conditions += [Condition(RECONCILED, True, "ChildrenApplied", "server ConfigMap, Deployment, Service and storage match the spec"),
+                   availability(deploy, wanted_generation)]
+    if models or spec.training is not None:
+        fields["models"] = models
+    fields["serving"] = {
         "version": target.version,
         "uri": target.source.uri,
         "sha256": target.sha256,
         "url": builders.server_url(spec),
         "readyReplicas": ((deploy or {}).get("status") or {}).get("readyReplicas") or 0,
     }
-    status = _report(namespace, name, previous, generation, conditions, {"serving": serving})
-    return Outcome(spec=spec, status=status)
+    status = _report(namespace, name, previous, generation, conditions, fields)
+    return Outcome(spec=spec, status=status, events=tuple(events))
+
+
+def _pruned(value: Any) -> Any:
+    """Drop None values (a merge-patch deletes them) so unchanged status compares equal."""
+    if isinstance(value, Mapping):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
 
 
 def _kept(kept: Mapping[str, Condition], *types: str) -> list[Condition]:
@@ -125,7 +166,7 @@ def _report(namespace: str, name: str, previous: Mapping[str, Any], generation: 
         "conditions": merge_conditions(conditions, previous.get("conditions"), generation, now()),
         **fields,
     }
-    if any(previous.get(k) != v for k, v in status.items()):
+    if any(_pruned(previous.get(k)) != _pruned(v) for k, v in status.items()):
         k8s.patch_status(namespace, name, status)
         ready = next(c for c in conditions if c.type == READY)
         log.info("%s/%s: Ready=%s (%s) %s", namespace, name, ready.status, ready.reason, ready.message)

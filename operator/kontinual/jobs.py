@@ -1,0 +1,121 @@
+"""Pure builder of the training Job `NAME-train-<N>`: one `kontinual train` run writing /models/v<N>."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kontinual import GROUP
+from kontinual.builders import MODELS_MOUNT, container_security, labels, metadata, pod_security
+from kontinual.settings import Settings
+from kontinual.spec import Spec
+
+RECIPE_DIR = "/etc/kontinual/recipe"
+DEFAULT_BASE_WEIGHTS = "yolov5s.yaml"  # random init from the yolov5 package's config
+DEFAULT_TRAINER_RESOURCES = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+VERSION_LABEL = f"{GROUP}/version"
+
+
+def job_name(spec: Spec, version: int) -> str:
+    return f"{spec.name}-train-{version}"
+
+
+def job_labels(spec: Spec, version: int) -> dict[str, str]:
+    return {**labels(spec, "training"), VERSION_LABEL: str(version)}
+
+
+def base_weights_path(spec: Spec, serving_version: int | None) -> str:
+    """Continue from the serving model's model.pt; the first run starts from spec.training.baseWeights."""
+    if serving_version:
+        return f"{MODELS_MOUNT}/v{serving_version}/model.pt"
+    assert spec.training is not None
+    weights = spec.training.base_weights or DEFAULT_BASE_WEIGHTS
+    prefix = f"pvc://{spec.storage.claim_name}/"
+    if weights.startswith(prefix):  # a file on the model claim, which the Job mounts at /models
+        return f"{MODELS_MOUNT}/{weights[len(prefix):].lstrip('/')}"
+    return weights
+
+
+def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: int | None) -> dict[str, Any]:
+    """The Job for training run `version`; `base_weights` is the serving version to continue from."""
+    training = spec.training
+    if training is None:
+        raise ValueError("training_job needs spec.training")
+    dataset = training.dataset
+    args = [
+        "--output-dir", MODELS_MOUNT,
+        "--version", str(version),
+        "--result-file", "/dev/termination-log",
+        "--roboflow-workspace", dataset.workspace,
+        "--roboflow-project", dataset.project,
+        "--dataset-version", training.dataset_version,
+        "--base-weights", base_weights_path(spec, base_weights),
+        "--epochs", str(training.epochs),
+        "--image-size", str(training.image_size),
+        "--batch-size", str(training.batch_size),
+        "--device", training.device,
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # torch DataLoader workers share memory here
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "models", "mountPath": MODELS_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    recipe = training.recipe
+    if recipe.config_map is not None:
+        volumes.append({"name": "recipe", "configMap": {"name": recipe.config_map.name,
+                                                        "items": [{"key": recipe.config_map.key, "path": "recipe.yaml"}]}})
+        mounts.append({"name": "recipe", "mountPath": RECIPE_DIR, "readOnly": True})
+        args += ["--recipe", f"{RECIPE_DIR}/recipe.yaml"]
+    elif recipe.uri:
+        args += ["--recipe", recipe.uri]
+    env = [
+        {"name": "ROBOFLOW_API_KEY", "valueFrom": {"secretKeyRef": {"name": dataset.api_key.name,
+                                                                   "key": dataset.api_key.key}}},
+        {"name": "API_URL", "value": dataset.api_url},  # the roboflow SDK's API base
+        {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "YOLO_CONFIG_DIR", "value": "/tmp/yolo"},
+        {"name": "YOLOV5_CONFIG_DIR", "value": "/tmp/yolo"},
+    ]
+    container = {
+        "name": "trainer",
+        "image": training.image or settings.trainer_image,
+        "command": ["kontinual", "train"],
+        "args": args,
+        "env": env,
+        "resources": dict(training.resources) or DEFAULT_TRAINER_RESOURCES,
+        "volumeMounts": mounts,
+        # The result JSON is the termination message; if the trainer dies before writing it,
+        # the log tail tells the operator (and the user) why.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if training.node_selector:
+        pod_spec["nodeSelector"] = dict(training.node_selector)
+    if training.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in training.tolerations]
+    meta = metadata(spec, job_name(spec, version), "training")
+    meta["labels"] = job_labels(spec, version)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": training.backoff_limit,
+            "activeDeadlineSeconds": training.active_deadline_seconds,
+            "ttlSecondsAfterFinished": training.ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": job_labels(spec, version)}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,198 @@
+"""The training loop's I/O: observe training Jobs, read results, poll Roboflow, start the next Job.
+
+Called from the one reconcile with the last status; returns the new status.training, the model
+history, the Training/Degraded conditions and the Events to raise. Job names are deterministic
+(NAME-train-<N>) and creation is idempotent, so a restarted operator adopts a running Job
+instead of starting a second one, and a finished Job's result is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kubernetes.client.rest import ApiException
+
+from kontinual import jobs, k8s, loop
+from kontinual.contract import ResultError, TrainingResult
+from kontinual.roboflow_api import RoboflowClient, RoboflowError, redact
+from kontinual.settings import Settings
+from kontinual.spec import Spec
+from kontinual.status import DEGRADED, TRAINING, Condition
+
+log = logging.getLogger(__name__)
+Event = tuple[str, str, str]  # type (Normal|Warning), reason, message
+
+
+@dataclass
+class LoopState:
+    training: dict[str, Any]
+    models: list[dict[str, Any]]
+    conditions: list[Condition] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _finished(job: Mapping[str, Any]) -> str | None:
+    """'Complete' or 'Failed' once the Job controller decided, else None."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+def _job_version(job: Mapping[str, Any]) -> int:
+    return int(job["metadata"].get("labels", {}).get(jobs.VERSION_LABEL, "0") or 0)
+
+
+def read_result(job: Mapping[str, Any], outcome: str) -> TrainingResult:
+    """The trainer's result from the newest pod's termination message (never from logs alone)."""
+    meta = job["metadata"]
+    pods = [p for p in k8s.list_objects("Pod", meta["namespace"], f"job-name={meta['name']}")
+            if _owned_by(p, meta.get("uid", ""))]
+    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    message = ""
+    for pod in reversed(pods):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") == "trainer" and terminated.get("message"):
+                message = terminated["message"]
+                break
+        if message:
+            break
+    if message:
+        try:
+            return TrainingResult.from_json(message)
+        except ResultError as exc:
+            if outcome == "Complete":
+                return TrainingResult.failed("ResultInvalid", f"the trainer's result is not valid: {exc}")
+            return TrainingResult.failed("TrainerCrashed",
+                                         f"the trainer stopped without a result; last log lines: {message[-600:]}")
+    reason = next((c.get("reason") for c in (job.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed"), None)
+    if outcome == "Failed":
+        return TrainingResult.failed(reason or "JobFailed", f"the training Job failed ({reason or 'no reason given'}) "
+                                     "and its pod left no result")
+    return TrainingResult.failed("ResultMissing", "the training Job completed but its pod left no result")
+
+
+def _record(spec: Spec, state: LoopState, job: Mapping[str, Any], outcome: str, now: str) -> None:
+    version, name = _job_version(job), job["metadata"]["name"]
+    result = read_result(job, outcome)
+    status = job.get("status") or {}
+    finished = status.get("completionTime") or now
+    started = status.get("startTime") or (state.training.get("lastRun") or {}).get("startedAt")
+    last = {"job": name, "version": version, "startedAt": started, "finishedAt": finished,
+            "result": result.status, "reason": result.reason, "message": result.message,
+            "trigger": (state.training.get("lastRun") or {}).get("trigger")}
+    state.training["lastRun"] = last
+    if not result.succeeded:
+        state.events.append(("Warning", "TrainingFailed", f"{name}: {result.reason}: {result.message}"))
+        state.conditions.append(Condition(DEGRADED, True, result.reason or "TrainingFailed",
+                                          f"training run v{version} failed: {result.message}; the previous model keeps serving"))
+        return
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted((result.metrics or {}).items()) if isinstance(v, (int, float)))
+    state.events.append(("Normal", "TrainingSucceeded", f"{name}: v{version} {metrics}"))
+    verdict = loop.judge(spec, result, version, loop.serving_model(spec, state.models))
+    state.models.append(loop.model_record(result, name, finished, verdict))
+    last["promoted"] = verdict.promoted
+    if verdict.promoted:
+        state.events.append(("Normal", "ModelPromoted", f"v{version}: {verdict.message}"))
+        state.conditions.append(Condition(DEGRADED, False, "ModelPromoted", f"v{version} promoted: {verdict.message}"))
+    else:
+        state.events.append(("Warning", "ModelRejected", f"v{version}: {verdict.reason}: {verdict.message}"))
+        state.conditions.append(Condition(DEGRADED, True, verdict.reason,
+                                          f"v{version} not promoted: {verdict.message}; the previous model keeps serving"))
+
+
+def _already_recorded(state: LoopState, version: int) -> bool:
+    last = state.training.get("lastRun") or {}
+    return any(m.get("version") == version for m in state.models) or (
+        last.get("version") == version and bool(last.get("finishedAt")))
+
+
+def _poll_labeled(spec: Spec, training: Mapping[str, Any], settings: Settings,
+                  now: datetime.datetime) -> tuple[int | None, str | None]:
+    """Roboflow's annotated-image count when a poll is due: (count, None) or (None, error)."""
+    assert spec.training is not None
+    if not spec.training.trigger.min_new_labeled_images:
+        return None, None
+    last = loop.parse_iso(training.get("lastPolledAt"))
+    if last is not None and (now - last).total_seconds() < settings.roboflow_poll_seconds:
+        return None, None
+    ds = spec.training.dataset
+    key = ""
+    try:
+        key = k8s.secret_value(spec.namespace, ds.api_key.name, ds.api_key.key)
+        return RoboflowClient(key, ds.api_url).project_info(ds.workspace, ds.project).annotated, None
+    except (LookupError, RoboflowError, OSError) as exc:
+        return None, redact(f"polling Roboflow project {ds.workspace}/{ds.project} failed: {exc}", key)
+
+
+def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str], settings: Settings,
+        now: datetime.datetime) -> LoopState:
+    state = LoopState(training=dict(previous.get("training") or {}),
+                      models=[dict(m) for m in previous.get("models") or []])
+    stamp = loop.iso(now)
+    owned = [j for j in k8s.list_objects("Job", spec.namespace, f"{jobs.VERSION_LABEL},kontinual.io/model={spec.name}")
+             if _owned_by(j, spec.uid) and _job_version(j)]
+    owned.sort(key=_job_version)
+    active = None
+    for job in owned:
+        outcome = _finished(job)
+        if outcome is None:
+            active = job["metadata"]["name"]
+        elif not _already_recorded(state, _job_version(job)):
+            _record(spec, state, job, outcome, stamp)
+
+    labeled, poll_error = _poll_labeled(spec, state.training, settings, now)
+    if labeled is not None or poll_error:
+        state.training["lastPolledAt"] = stamp
+        state.training["pollError"] = poll_error
+        if poll_error:
+            log.warning("%s/%s: %s", spec.namespace, spec.name, poll_error)
+    triggers = loop.evaluate_triggers(spec, state.training, now=now, labeled=labeled,
+                                      train_request=annotations.get(loop.TRAIN_REQUEST_ANNOTATION))
+    state.training.update(triggers.fields)
+    wanted = "; ".join(triggers.reasons) or state.training.get("pending")
+    if active is None and wanted:
+        active = _start(spec, state, settings, owned, str(wanted), stamp)
+    elif active is not None and triggers.reasons:
+        state.training["pending"] = wanted  # served once after the running Job, never stacked
+        state.events.append(("Normal", "TrainingQueued", f"{wanted}; waits for {active}"))
+    state.training["activeJob"] = active
+    if active:
+        state.conditions.append(Condition(TRAINING, True, "JobRunning", f"{active} is training"))
+    else:
+        last = state.training.get("lastRun") or {}
+        state.conditions.append(Condition(TRAINING, False, "Idle", f"last run: {last.get('job')} {last.get('result')}"
+                                          if last else "no training run yet"))
+    keep = (loop.serving_model(spec, state.models) or {}).get("version")
+    state.models = loop.prune_history(state.models, spec.rollout.history_limit, keep)
+    return state
+
+
+def _start(spec: Spec, state: LoopState, settings: Settings, owned: list[Mapping[str, Any]],
+           reason: str, stamp: str) -> str | None:
+    version = loop.next_version(state.models, state.training, [_job_version(j) for j in owned])
+    base = (loop.serving_model(spec, state.models) or {}).get("version")
+    job = jobs.training_job(spec, settings, version=version, base_weights=base)
+    name = job["metadata"]["name"]
+    try:
+        k8s.create(job)  # None when it exists already: the same run, never a second one
+    except ApiException as exc:
+        message = f"creating {name} failed: {k8s.api_error(exc)}"
+        state.events.append(("Warning", "TrainingFailed", message))
+        state.conditions.append(Condition(DEGRADED, True, "JobCreateFailed", message))
+        return None
+    state.training.update(runs=int(state.training.get("runs") or 0) + 1, pending=None,
+                          lastRun={"job": name, "version": version, "startedAt": stamp, "trigger": reason})
+    if state.training.get("lastLabeledImages") is not None:
+        state.training["labeledImagesAtLastRun"] = state.training["lastLabeledImages"]
+    state.events.append(("Normal", "TrainingStarted", f"{name}: {reason}"))
+    return name
