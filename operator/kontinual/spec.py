@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from croniter import croniter
+
 from kontinual.settings import Settings
 
 DEFAULT_PORT = 5543
@@ -50,7 +52,7 @@ class ModelSource:
             if not NAME_RE.match(claim) or not path:
                 raise SpecError(f"{where} must look like pvc://<claim-name>/<path>, got {uri!r}")
             return cls(uri=uri, scheme="pvc", claim=claim, path=path.lstrip("/"))
-        if uri.startswith("file:///"):
+        if uri.startswith("file:///") and len(uri) > len("file:///"):
             return cls(uri=uri, scheme="file", path=uri[len("file://"):])
         raise SpecError(
             f"{where} must be one of zoo:<stub>, https://..., pvc://<claim>/<path> or file:///<path>, got {uri!r}"
@@ -182,6 +184,10 @@ class _Reader:
 
     def has(self, key: str) -> bool:
         return self.data.get(key) not in (None, "", {})
+
+    def present(self, key: str) -> bool:
+        """Set at all, even as `{}` (e.g. `training: {}` turns training on with its defaults)."""
+        return self.data.get(key) is not None
 
     def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.data.get(key)
@@ -319,7 +325,7 @@ def _data_logging(r: _Reader, settings: Settings) -> DataLogging:
 def _training(r: _Reader, settings: Settings, logging: DataLogging | None) -> Training:
     trigger = r.sub("trigger")
     schedule = trigger.str("schedule") or None
-    if schedule is not None and not CRON_RE.match(schedule):
+    if schedule is not None and not (CRON_RE.match(schedule) and croniter.is_valid(schedule)):
         raise SpecError(f"spec.training.trigger.schedule must be a 5-field cron expression (UTC), got {schedule!r}")
     recipe = r.sub("recipe")
     if recipe.has("configMapRef") and recipe.has("uri"):
@@ -387,12 +393,12 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     r = _Reader(body.get("spec"), "spec")
     task = r.enum("task", "yolo", ("yolo",))
     model = ModelSource.parse(r.sub("model").str("uri", required=True), "spec.model.uri")
-    logging = _data_logging(r.sub("dataLogging"), settings) if r.has("dataLogging") else None
+    logging = _data_logging(r.sub("dataLogging"), settings) if r.present("dataLogging") else None
     class_names = r.strings("classNames")
     if logging and logging.upload_predictions and not class_names:
         raise SpecError("spec.classNames is required when spec.dataLogging.uploadPredictions is true "
                         "(pre-annotations need class names)")
-    training = _training(r.sub("training"), settings, logging) if r.has("training") else None
+    training = _training(r.sub("training"), settings, logging) if r.present("training") else None
     storage = _storage(r.sub("storage"), name)
     return Spec(
         name=name,
