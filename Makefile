@@ -47,6 +47,14 @@ test-e2e: venv
 
 bench: venv
 	$(BIN)/python benchmarks/reconcile.py
+	$(BIN)/python benchmarks/logging_overhead.py
+	$(BIN)/python benchmarks/sparse_speedup.py
+
+# A local kind cluster with Kontinual installed and the minimal example serving (needs docker + kind).
+up: venv
+	bash hack/up.sh
+down:
+	bash hack/down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
