@@ -51,7 +51,7 @@ bench: venv
 	$(BIN)/python benchmarks/sparse_speedup.py
 
 # A local kind cluster with Kontinual installed and the minimal example serving (needs docker + kind).
-up: venv
+up:
 	bash hack/up.sh
 down:
 	bash hack/down.sh
