@@ -1,37 +1,67 @@
-"""Render the DeepSparse server config's Roboflow logger entry and the endpoint's data_logging.
+"""Render the DeepSparse server config's Roboflow logger entry and the endpoint's data_logging (pure).
 
-(Initial version by the lead so the builders import; the data-capture work owns and refines it.)
+DeepSparse 1.8.0 loads a custom logger from `path: <file>:<Class>` with
+`importlib.util.spec_from_file_location`, so `path` must be a file, not a dotted module path.
+It points at `kontinual/serving/deepsparse_plugin.py` inside the installed `kontinual` package,
+a one-line file that imports `kontinual.serving.roboflow_logger.RoboflowLogger` by module path:
+nothing is copied into the pod. The file's location is computed from where `kontinual` is
+installed in the process that renders (found with importlib, without importing the serving wing,
+which needs deepsparse). The operator and server images therefore install `kontinual` into the
+same site-packages (both `pip install` it into the system Python 3.11 of the same base image);
+`logger_file=` overrides it.
+
+Sampling: both data_logging entries use `frequency: 1` and the logger gets the spec's
+frequency (see kontinual.serving.roboflow_logger for why: reliable input/output pairing).
+No secret is ever rendered: the logger reads the key from the pod's environment.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from kontinual.spec import DataLogging
 
 LOGGER_NAME = "roboflow"
-LOGGER_PATH = "kontinual.serving.roboflow_logger:RoboflowLogger"
+LOGGER_CLASS = "RoboflowLogger"
+LOGGER_MODULE = "kontinual.serving.roboflow_logger"  # what the entry file imports
+API_KEY_ENV = "ROBOFLOW_API_KEY"  # the Deployment sets it from spec.dataLogging.roboflow.apiKeySecretRef
+
+
+def plugin_file() -> str:
+    """Absolute path of kontinual/serving/deepsparse_plugin.py in the installed package."""
+    spec = importlib.util.find_spec("kontinual")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the kontinual package is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "serving" / "deepsparse_plugin.py")
 
 
 def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: str,
-                   class_names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+                   class_names: tuple[str, ...], logger_file: str | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the server config's top-level `loggers` mapping, the endpoint's `data_logging` mapping)."""
     rf = data_logging.roboflow
     logger: dict[str, Any] = {
-        "path": LOGGER_PATH,
+        "path": f"{logger_file or plugin_file()}:{LOGGER_CLASS}",
+        "endpoint": endpoint,
+        "model_version": str(model_version),
         "workspace": rf.workspace,
         "project": rf.project,
         "api_url": rf.api_url,
         "split": rf.split,
         "batch": rf.batch,
         "tags": list(rf.tags),
-        "upload_predictions": data_logging.upload_predictions,
-        "max_per_minute": data_logging.max_per_minute,
-        "queue_size": data_logging.queue_size,
-        "metrics_port": data_logging.metrics_port,
-        "endpoint": endpoint,
-        "model_version": model_version,
+        "class_names": list(class_names),
+        "upload_predictions": bool(data_logging.upload_predictions),
+        "frequency": int(data_logging.frequency),
+        "max_per_minute": int(data_logging.max_per_minute),
+        "queue_size": int(data_logging.queue_size),
+        "metrics_port": int(data_logging.metrics_port),
+        "api_key_env": API_KEY_ENV,
     }
-    if class_names:
-        logger["class_names"] = list(class_names)
-    target = [{"func": "identity", "frequency": data_logging.frequency, "target_loggers": [LOGGER_NAME]}]
-    return {LOGGER_NAME: logger}, {"pipeline_inputs": target, "pipeline_outputs": [dict(t) for t in target]}
+    every_call = [{"func": "identity", "frequency": 1, "target_loggers": [LOGGER_NAME]}]
+    targets: dict[str, Any] = {"pipeline_inputs": every_call}
+    if data_logging.upload_predictions:
+        targets["pipeline_outputs"] = [dict(every_call[0], target_loggers=[LOGGER_NAME])]
+    return {LOGGER_NAME: logger}, targets

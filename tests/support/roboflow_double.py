@@ -110,6 +110,18 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     return fields
 
 
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer (a server process being stopped) is not an error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class RoboflowDouble:
     """`with RoboflowDouble() as rf:` serves Roboflow's API at `rf.url` until the block ends."""
 
@@ -126,7 +138,7 @@ class RoboflowDouble:
         self._projects: dict[str, _Project] = {}
         self._failures: list[int] = []
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
 
@@ -147,9 +159,7 @@ class RoboflowDouble:
         if self._server is not None:
             return
         handler = type("Handler", (_Handler,), {"double": self})
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self._port), handler)
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="roboflow-double", daemon=True)
         self._thread.start()

@@ -1,0 +1,199 @@
+"""A small Roboflow HTTP API client (key check, project info, image upload, pre-annotation) that never leaks the key.
+
+Shared by the serving wing (the DeepSparse logger uploads production images) and the operator
+(`project_info` for `minNewLabeledImages` polling), so it imports only `requests`: no kopf, torch
+or deepsparse. The endpoint shapes are the ones the official `roboflow` SDK uses (see
+/work/shared/facts/dependencies.md). Roboflow wants the key as the `api_key` query parameter; it
+therefore appears in URLs, so every error message built here is scrubbed of it, and urllib3's
+debug logging (which prints URLs) gets a filter that masks `api_key=` values.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+import requests
+
+DEFAULT_API_URL = "https://api.roboflow.com"
+DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+_KEY_IN_URL = re.compile(r"(api_key=)[^&\s'\"]+")
+T = TypeVar("T")
+
+
+class RoboflowError(Exception):
+    """A failed Roboflow call. `status` is None for connection errors; the message never holds the key."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Connection errors, 429 and 5xx may succeed later; other 4xx will not (bad key, bad project)."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    workspace: str
+    project: str
+    images: int
+    unannotated: int
+    classes: tuple[str, ...]
+    versions: tuple[int, ...]
+
+    @property
+    def annotated(self) -> int:
+        """Images that carry a (non-prediction) annotation: what minNewLabeledImages counts."""
+        return max(0, self.images - self.unannotated)
+
+
+class _RedactKeys(logging.Filter):
+    """Masks `api_key=...` in log records (urllib3 logs full URLs at DEBUG level)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_key=" in message:
+            record.msg, record.args = _KEY_IN_URL.sub(r"\1***", message), None
+        return True
+
+
+_FILTER = _RedactKeys()
+for _name in ("urllib3.connectionpool", "urllib3"):
+    if _FILTER not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_FILTER)
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """`text` with `secret` and any `api_key=` query value replaced by ***."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _KEY_IN_URL.sub(r"\1***", text)
+
+
+def _error_message(response: requests.Response) -> str:
+    """Roboflow's own message from `{"error": {"message": ...}}` (or a short body excerpt)."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200].strip() or response.reason}"
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    if isinstance(payload, dict) and payload.get("message"):
+        return str(payload["message"])
+    return f"HTTP {response.status_code}: {str(payload)[:200]}"
+
+
+class RoboflowClient:
+    """Talks to one Roboflow API base URL with one key. Thread-safe (one HTTP session per thread)."""
+
+    def __init__(self, api_key: str, api_url: str = DEFAULT_API_URL, *,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+        if not api_key:
+            raise ValueError("a Roboflow API key is required (it comes from a Secret via the environment)")
+        self._key = api_key
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def __repr__(self) -> str:  # never the key
+        return f"RoboflowClient(api_url={self.api_url!r})"
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def _call(self, method: str, path: str, *, params: Iterable[tuple[str, str]] = (),
+              ok: tuple[int, ...] = (200,), **kwargs: Any) -> tuple[int, Any]:
+        url = f"{self.api_url}/{path.lstrip('/')}"
+        query = [("api_key", self._key), *params]
+        try:
+            response = self._session().request(method, url, params=query, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:  # connection refused, timeout, DNS...
+            raise RoboflowError(f"cannot reach Roboflow at {self.api_url}: {redact(type(exc).__name__ + ': ' + str(exc), self._key)}") from None
+        if response.status_code not in ok:
+            message = redact(_error_message(response), self._key)
+            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} to {method} /{redact(path)}: {message}",
+                                status=response.status_code)
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} without JSON to {method} /{path}",
+                                status=response.status_code) from None
+
+    def check_key(self) -> str:
+        """The workspace the key belongs to (POST /?api_key=)."""
+        _, payload = self._call("POST", "/")
+        return str(payload.get("workspace", ""))
+
+    def project_info(self, workspace: str, project: str) -> ProjectInfo:
+        """Counts and versions of a project (GET /{workspace}/{project})."""
+        _, payload = self._call("GET", f"{workspace}/{project}")
+        info = payload.get("project") or {}
+        versions = tuple(sorted(int(str(v.get("id", "")).rsplit("/", 1)[-1]) for v in payload.get("versions") or []
+                                if str(v.get("id", "")).rsplit("/", 1)[-1].isdigit()))
+        return ProjectInfo(workspace=workspace, project=project, images=int(info.get("images") or 0),
+                           unannotated=int(info.get("unannotated") or 0),
+                           classes=tuple(info.get("classes") or {}), versions=versions)
+
+    def upload_image(self, project: str, image: bytes, *, name: str, split: str = "train", batch: str = "",
+                     tags: Iterable[str] = (), content_type: str = "image/jpeg") -> UploadResult:
+        """Upload one image; a duplicate (same content already in the project) counts as success."""
+        params = [("batch", batch)] if batch else []
+        params += [("tag", tag) for tag in tags]
+        _, payload = self._call("POST", f"dataset/{project}/upload", params=params,
+                                data={"name": name, "split": split},
+                                files={"file": (name, image, content_type)})
+        if not (payload.get("success") or payload.get("duplicate")) or not payload.get("id"):
+            raise RoboflowError(f"Roboflow did not accept the upload of {name}: {str(payload)[:200]}", status=200)
+        return UploadResult(id=str(payload["id"]), duplicate=bool(payload.get("duplicate")))
+
+    def annotate(self, project: str, image_id: str, *, name: str, annotation_file: str,
+                 labelmap: Mapping[str, str] | None, prediction: bool = True) -> bool:
+        """Attach an annotation file to an uploaded image; False if it was already annotated (409, benign)."""
+        params = [("name", name)] + ([("prediction", "true")] if prediction else [])
+        status, _ = self._call("POST", f"dataset/{project}/annotate/{image_id}", params=params, ok=(200, 409),
+                               json={"annotationFile": annotation_file, "labelmap": dict(labelmap or {})})
+        return status == 200
+
+
+def with_retries(call: Callable[[], T], *, attempts: int = 4, base_delay: float = 0.5, max_delay: float = 8.0,
+                 sleep: Callable[[float], Any] = time.sleep,
+                 on_retry: Callable[[RoboflowError, float], None] | None = None) -> T:
+    """Run `call`, retrying retryable RoboflowErrors with exponential backoff and full jitter.
+
+    At most `attempts` calls; the delay before retry n is d/2 + uniform(0, d/2) with
+    d = min(max_delay, base_delay * 2**n) ("equal jitter": spread out, never zero).
+    `sleep` may return True to abort the remaining retries (e.g. an Event's wait at shutdown).
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except RoboflowError as exc:
+            if not exc.retryable or attempt == attempts - 1:
+                raise
+            ceiling = min(max_delay, base_delay * (2 ** attempt))
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+            if on_retry is not None:
+                on_retry(exc, delay)
+            if sleep(delay) is True:
+                raise
+    raise AssertionError("unreachable")
