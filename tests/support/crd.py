@@ -73,25 +73,39 @@ def apply_defaults(cr: dict[str, Any], version: str = VERSION) -> dict[str, Any]
 
 
 def default_in_place(value: Any, node: Schema) -> None:
-    """Apply the defaults of schema `node` to `value` (a dict or list), recursively, in place."""
+    """Apply the defaults of schema `node` to `value` (a dict or list), recursively, in place.
+
+    Mirrors Default() and PruneNonNullableNullsWithoutDefaults() of apiextensions-apiserver 1.20
+    (pkg/apiserver/schema/defaulting).
+    """
     if isinstance(value, dict):
         props: dict[str, Schema] = node.get("properties", {})
-        for key, prop in props.items():
-            present = key in value
-            if present and value[key] is None and not prop.get("nullable", False):
-                del value[key]
-                present = False
-            if not present and "default" in prop:
-                value[key] = copy.deepcopy(prop["default"])
         extra = node.get("additionalProperties")
-        for key, item in value.items():
-            if key in props:
-                default_in_place(item, props[key])
-            elif isinstance(extra, dict):
-                default_in_place(item, extra)
+        for key, prop in props.items():
+            if key not in value or _non_nullable_null(value[key], prop):
+                value.pop(key, None)
+                if "default" in prop:
+                    value[key] = copy.deepcopy(prop["default"])
+        for key in list(value):
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is None:
+                continue
+            if _non_nullable_null(value[key], sub):
+                if "default" not in sub:
+                    del value[key]
+                    continue
+                value[key] = copy.deepcopy(sub["default"])
+            default_in_place(value[key], sub)
     elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        for item in value:
-            default_in_place(item, node["items"])
+        items = node["items"]
+        for index, item in enumerate(value):
+            if _non_nullable_null(item, items) and "default" in items:
+                value[index] = copy.deepcopy(items["default"])
+            default_in_place(value[index], items)
+
+
+def _non_nullable_null(value: Any, node: Schema) -> bool:
+    return value is None and not node.get("nullable", False)
 
 
 # --- validation ---------------------------------------------------------------------------------

@@ -262,13 +262,16 @@ def test_nested_defaults_apply_only_where_the_parent_exists() -> None:
 
 def test_defaulting_keeps_user_values_nulls_and_the_input() -> None:
     cr = example("minimal.yaml:demo")
-    cr["spec"]["serving"] = {"replicas": 0, "numCores": None, "image": None}
+    cr["spec"]["serving"] = {"replicas": 0, "numCores": None, "image": None, "nodeSelector": {"disk": None, "zone": "a"}}
     cr["spec"]["rollout"] = {"pinnedVersion": None, "gate": None}
+    cr["spec"]["dataLogging"] = None
     before = copy.deepcopy(cr)
     spec = apply_defaults(cr)["spec"]
     assert cr == before
     assert spec["serving"]["replicas"] == 0 and spec["serving"]["numCores"] is None
     assert spec["serving"]["image"] == "", "a null in a non-nullable field takes the default"
+    assert spec["serving"]["nodeSelector"] == {"zone": "a"}, "non-nullable nulls without a default are pruned"
+    assert "dataLogging" not in spec
     assert spec["rollout"]["pinnedVersion"] is None
     assert spec["rollout"]["gate"] == {"metric": "mAP50", "minDelta": 0.0}
     assert apply_defaults(apply_defaults(cr)) == apply_defaults(cr)
