@@ -1,0 +1,171 @@
+"""`kontinual train`: parse flags (each also an env var), run the pipeline, write the result last."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from kontinual.contract import TrainingResult
+from kontinual.training.errors import (API_KEY_ENV, INVALID_ARGUMENTS, REASONS, TRAINING_FAILED, TrainingError,
+                                       scrub)
+
+_LOG = logging.getLogger("kontinual.training")
+ENV_PREFIX = "KONTINUAL_"
+
+DESCRIPTION = f"""\
+Train a YOLOv5 model with a SparseML recipe, export it to ONNX for DeepSparse, evaluate it, and
+store it as version N on the model claim.
+
+Pipeline: download the Roboflow dataset version (or read --dataset-dir) -> validate it -> train
+with the recipe -> export ONNX (input [1,3,S,S]) -> check it in onnxruntime and DeepSparse ->
+evaluate mAP50 / mAP50-95 of the ONNX on the test split (valid if there is none) -> write
+<output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json}} (built in
+<output-dir>/.v<N>.tmp-<random>, renamed when complete) -> write the result JSON to --result-file.
+
+Every flag --foo-bar can also be set by the environment variable {ENV_PREFIX}FOO_BAR (a flag wins).
+The Roboflow API key is read only from the environment variable {API_KEY_ENV}; the Roboflow API
+base URL from the roboflow SDK's own API_URL environment variable (default https://api.roboflow.com).
+
+Exit status 0 and {{"status": "Succeeded", ...}} on success; otherwise exit status 1 and
+{{"status": "Failed", "reason": R, "message": ...}} with R one of: {", ".join(REASONS)}.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise TrainingError(INVALID_ARGUMENTS, f"{message} (see `kontinual train --help`)")
+
+
+def _parser() -> _Parser:
+    from kontinual.training.recipes import DEFAULT_RECIPE, builtin_recipes
+
+    p = _Parser(prog="kontinual train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("dataset (Roboflow, or a local folder)")
+    data.add_argument("--roboflow-workspace", metavar="WS", help="Roboflow workspace (URL name)")
+    data.add_argument("--roboflow-project", metavar="PROJECT", help="Roboflow project (URL name)")
+    data.add_argument("--dataset-version", default="latest", metavar="latest|N",
+                      help="Roboflow dataset version to train on (default: latest)")
+    data.add_argument("--dataset-dir", type=Path, metavar="DIR",
+                      help="a local YOLOv5-format dataset (data.yaml + train|valid|test/{images,labels}) "
+                           "instead of Roboflow")
+    model = p.add_argument_group("model")
+    model.add_argument("--base-weights", default="yolov5s.yaml", metavar="CONFIG|MODEL_PT",
+                       help="a yolov5 model config (yolov5n/s/m/l/x.yaml or a path; random init) or the "
+                            "model.pt of an earlier run to continue from (default: yolov5s.yaml)")
+    model.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="FILE|NAME",
+                       help=f"SparseML recipe YAML file, or a built-in recipe: {', '.join(builtin_recipes())} "
+                            f"(default: {DEFAULT_RECIPE}); --epochs sets its num_epochs")
+    model.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
+    model.add_argument("--image-size", type=int, default=640, metavar="PX",
+                       help="square input size, a multiple of 32 (default: 640)")
+    model.add_argument("--batch-size", type=int, default=16, help="training batch size (default: 16)")
+    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="auto: cuda when torch sees a GPU, else cpu (default: auto)")
+    model.add_argument("--workers", type=int, default=2, help="data loader worker processes (default: 2)")
+    model.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    out = p.add_argument_group("output")
+    out.add_argument("--output-dir", type=Path, metavar="CLAIM_ROOT",
+                     help="root of the model claim, e.g. /models: the run writes <output-dir>/v<N>/ and "
+                          "the result's onnx is v<N>/model.onnx relative to it (required)")
+    out.add_argument("--version", type=int, metavar="N", help="the model version this run creates (required)")
+    out.add_argument("--result-file", type=Path, default=Path("/dev/termination-log"),
+                     help="where the result JSON goes, last (default: /dev/termination-log)")
+    out.add_argument("--work-dir", type=Path, metavar="DIR",
+                     help="scratch space for the download (default: a temp folder, removed at the end)")
+    return p
+
+
+def _env_defaults(parser: argparse.ArgumentParser) -> None:
+    """KONTINUAL_FOO_BAR sets --foo-bar's default (a flag given on the command line wins)."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = os.environ.get(ENV_PREFIX + action.dest.upper())
+        if value is not None and value != "":
+            try:
+                action.default = action.type(value) if action.type else value
+            except (TypeError, ValueError) as exc:
+                raise TrainingError(INVALID_ARGUMENTS, f"{ENV_PREFIX}{action.dest.upper()}={value!r}: {exc}") from exc
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = _parser()
+    _env_defaults(parser)
+    args = parser.parse_args(argv)
+    problems = []
+    if args.output_dir is None:
+        problems.append("--output-dir is required (the model claim root, e.g. /models)")
+    if args.version is None or args.version < 1:
+        problems.append("--version N (N >= 1) is required")
+    if args.dataset_dir is None and not (args.roboflow_workspace and args.roboflow_project):
+        problems.append("give --dataset-dir, or --roboflow-workspace and --roboflow-project")
+    if args.dataset_version != "latest" and not args.dataset_version.isdigit():
+        problems.append(f"--dataset-version must be 'latest' or a number, got {args.dataset_version!r}")
+    if args.epochs < 1:
+        problems.append("--epochs must be >= 1")
+    if args.image_size < 32 or args.image_size % 32:
+        problems.append(f"--image-size must be a multiple of 32 (>= 32), got {args.image_size}")
+    if args.batch_size < 1 or args.workers < 0:
+        problems.append("--batch-size must be >= 1 and --workers >= 0")
+    if problems:
+        raise TrainingError(INVALID_ARGUMENTS, "; ".join(problems))
+    return args
+
+
+class _ScrubKey(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = os.environ.get(API_KEY_ENV)
+        if key:
+            message = record.getMessage()
+            if key in message:
+                record.msg, record.args = scrub(message, key), None
+        return True
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ScrubKey())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # Before torch/tqdm/yolov5 are imported: plain logs, no phoning home, writable config dirs.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    if not os.environ.get("YOLOV5_CONFIG_DIR"):
+        config = tempfile.mkdtemp(prefix="kontinual-yolo-")
+        os.environ["YOLOV5_CONFIG_DIR"] = config
+        os.environ.setdefault("YOLO_CONFIG_DIR", config)
+
+
+def main(argv: list[str]) -> int:
+    _setup_logging()
+    result_file = Path(os.environ.get(ENV_PREFIX + "RESULT_FILE") or "/dev/termination-log")
+    version: int | None = None
+    try:
+        args = _parse(argv)
+        result_file, version = args.result_file, args.version
+        from kontinual.training.pipeline import run
+
+        result = run(args)
+        code = 0
+    except TrainingError as exc:
+        result, code = TrainingResult.failed(exc.reason, scrub(exc.message), version=version), 1
+    except KeyboardInterrupt:
+        result, code = TrainingResult.failed(TRAINING_FAILED, "interrupted", version=version), 130
+    except Exception as exc:  # noqa: BLE001 - any surprise still ends with a Failed result
+        _LOG.exception("unexpected error")
+        result = TrainingResult.failed(TRAINING_FAILED, scrub(f"unexpected {type(exc).__name__}: {exc}"),
+                                       version=version)
+        code = 1
+    if code:
+        _LOG.error("training failed: %s: %s", result.reason, result.message)
+    from kontinual.training.artifacts import write_result
+
+    write_result(result_file, result)
+    return code
