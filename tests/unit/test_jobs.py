@@ -1,0 +1,183 @@
+"""The training Job builder: what `kontinual train` is asked to do, and that the trainer can do it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from kontinual import jobs
+from kontinual.builders import ModelTarget, model_path
+from kontinual.settings import Settings
+from kontinual.spec import Spec, parse
+
+SETTINGS = Settings(trainer_image="registry.example/kontinual/trainer:1.2.3")
+ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
+ROBOFLOW = {"workspace": "acme", "project": "soccer-players", "apiKeySecretRef": {"name": "roboflow", "key": "apiKey"},
+            "apiUrl": "https://rf.example"}
+
+
+def make_spec(training: dict[str, Any] | None = None, **spec: Any) -> Spec:
+    body = {"apiVersion": "kontinual.io/v1alpha1", "kind": "ContinualModel",
+            "metadata": {"name": "soccer", "namespace": "vision", "uid": "uid-1"},
+            "spec": {"model": {"uri": ZOO}, "dataLogging": {"roboflow": ROBOFLOW},
+                     "training": copy.deepcopy(training or {}), **spec}}
+    return parse(body, SETTINGS)
+
+
+def job(spec: Spec, version: int = 1, base: int | None = None) -> dict[str, Any]:
+    return jobs.training_job(spec, SETTINGS, version=version, base_weights=base)
+
+
+def trainer(manifest: dict[str, Any]) -> dict[str, Any]:
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def arg(container: dict[str, Any], flag: str) -> str:
+    args = container["args"]
+    return args[args.index(flag) + 1]
+
+
+def mounts(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mountPath -> the volume behind it."""
+    volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in trainer(manifest)["volumeMounts"]}
+
+
+def trainer_args(manifest: dict[str, Any]) -> Any:
+    """The Job's command line as the trainer itself parses it (raises if it would refuse it)."""
+    from kontinual.training import cli  # light: argparse, no torch
+
+    container = trainer(manifest)
+    assert container["command"] == ["kontinual", "train"]
+    return cli._parse(container["args"])  # noqa: SLF001 - the trainer's own parser and checks
+
+
+def test_job_name_labels_and_image() -> None:
+    manifest = job(make_spec(), version=4)
+    assert manifest["metadata"]["name"] == "soccer-train-4"
+    labels = manifest["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "training" and labels["kontinual.io/version"] == "4"
+    assert manifest["spec"]["template"]["metadata"]["labels"] == labels
+    assert trainer(manifest)["image"] == SETTINGS.trainer_image
+    custom = job(make_spec({"image": "mirror.example/trainer:dev"}))
+    assert trainer(custom)["image"] == "mirror.example/trainer:dev"
+
+
+def test_the_trainer_accepts_the_jobs_command_line() -> None:
+    spec = make_spec({"epochs": 7, "imageSize": 320, "batchSize": 4, "device": "cpu", "dataset": {"version": 5}})
+    args = trainer_args(job(spec, version=3, base=2))
+    assert (args.version, args.epochs, args.image_size, args.batch_size, args.device) == (3, 7, 320, 4, "cpu")
+    assert (args.roboflow_workspace, args.roboflow_project, args.dataset_version) == ("acme", "soccer-players", "5")
+    assert str(args.result_file) == "/dev/termination-log"
+
+
+def test_the_run_writes_where_the_server_will_read_it() -> None:
+    spec = make_spec()
+    manifest = job(spec, version=3)
+    args = trainer_args(manifest)
+    claim_root = mounts(manifest)[str(args.output_dir)]
+    assert claim_root["persistentVolumeClaim"]["claimName"] == spec.storage.claim_name
+    assert not claim_root["persistentVolumeClaim"].get("readOnly")
+    # The trainer writes <output-dir>/v3/model.onnx; the server of version 3 reads it from the same claim.
+    served = ModelTarget.trained(spec, 3)
+    assert served.source.claim == spec.storage.claim_name
+    assert model_path(served.source) == f"{args.output_dir}/v3/model.onnx"
+
+
+def test_first_run_starts_from_base_weights_and_later_runs_continue() -> None:
+    assert trainer_args(job(make_spec(), base=None)).base_weights == jobs.DEFAULT_BASE_WEIGHTS
+    assert trainer_args(job(make_spec({"baseWeights": "yolov5n.yaml"}))).base_weights == "yolov5n.yaml"
+    manifest = job(make_spec(), version=5, base=4)
+    assert trainer_args(manifest).base_weights == "/models/v4/model.pt"
+    assert "/models" in mounts(manifest)
+
+
+def test_base_weights_on_the_model_claim_are_read_through_its_mount() -> None:
+    manifest = job(make_spec({"baseWeights": "pvc://soccer-models/seed/yolov5n.pt"}))
+    path = trainer_args(manifest).base_weights
+    assert path == "/models/seed/yolov5n.pt"
+
+
+@pytest.mark.parametrize("weights", ["https://models.example.com/yolov5n.pt", "pvc://other-claim/seed/yolov5n.pt"])
+def test_every_base_weights_form_the_crd_allows_reaches_the_trainer_as_a_file(weights: str) -> None:
+    """The CRD accepts https:// and pvc://<any claim>/ .pt files; the trainer opens a local path."""
+    manifest = job(make_spec({"baseWeights": weights}))
+    path = trainer_args(manifest).base_weights
+    assert path.endswith((".yaml", ".yml")) or any(path.startswith(m + "/") for m in mounts(manifest)), (
+        f"--base-weights {path!r} is neither a model config nor under a mounted volume")
+
+
+def test_recipe_from_a_config_map_is_mounted_and_passed() -> None:
+    manifest = job(make_spec({"recipe": {"configMapRef": {"name": "soccer-recipe", "key": "my.yaml"}}}))
+    recipe = trainer_args(manifest).recipe
+    directory, _, filename = recipe.rpartition("/")
+    volume = mounts(manifest)[directory]
+    assert volume["configMap"]["name"] == "soccer-recipe"
+    assert volume["configMap"]["items"] == [{"key": "my.yaml", "path": filename}]
+
+
+def test_no_recipe_means_the_trainers_built_in_one() -> None:
+    from kontinual.training.recipes import DEFAULT_RECIPE
+
+    assert trainer_args(job(make_spec())).recipe == DEFAULT_RECIPE
+
+
+@pytest.mark.parametrize("uri", ["https://recipes.example.com/recipe.yaml", "file:///opt/recipes/recipe.yaml",
+                                 "pvc://soccer-models/recipes/recipe.yaml"])
+def test_every_recipe_uri_form_reaches_the_trainer_as_a_file(uri: str) -> None:
+    """The CRD accepts recipe.uri as https://, file://, pvc://; the trainer reads a local file or a built-in name."""
+    from kontinual.training.recipes import builtin_recipes
+
+    manifest = job(make_spec({"recipe": {"uri": uri}}))
+    recipe = trainer_args(manifest).recipe
+    in_image = uri.startswith("file://") and recipe == uri[len("file://"):]
+    assert recipe in builtin_recipes() or in_image or any(recipe.startswith(m + "/") for m in mounts(manifest)), (
+        f"--recipe {recipe!r} is neither a built-in recipe, a file in the image, nor under a mounted volume")
+
+
+def test_roboflow_key_and_api_url_reach_the_trainer() -> None:
+    from kontinual.training.errors import API_KEY_ENV
+
+    env = {e["name"]: e for e in trainer(job(make_spec()))["env"]}
+    assert env[API_KEY_ENV] == {"name": API_KEY_ENV,
+                                "valueFrom": {"secretKeyRef": {"name": "roboflow", "key": "apiKey"}}}
+    assert env["API_URL"]["value"] == "https://rf.example"  # the roboflow SDK's base URL variable
+
+
+def test_job_limits_and_result_reporting() -> None:
+    manifest = job(make_spec({"activeDeadlineSeconds": 3600, "backoffLimit": 0}))
+    assert (manifest["spec"]["activeDeadlineSeconds"], manifest["spec"]["backoffLimit"]) == (3600, 0)
+    assert manifest["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    container = trainer(manifest)
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_resources_and_scheduling_from_the_spec_or_defaults() -> None:
+    gpu = {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}, "requests": {"cpu": "4", "memory": "8Gi"}}
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    manifest = job(make_spec({"resources": gpu, "nodeSelector": {"gpu": "true"}, "tolerations": tolerations}))
+    assert trainer(manifest)["resources"] == gpu
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "true"} and pod["tolerations"] == tolerations
+    assert trainer(job(make_spec()))["resources"] == jobs.DEFAULT_TRAINER_RESOURCES
+
+
+def test_shared_memory_and_tmp_are_writable_for_torch() -> None:
+    manifest = job(make_spec())
+    volumes = mounts(manifest)
+    assert volumes["/dev/shm"]["emptyDir"].get("medium") == "Memory"
+    assert "emptyDir" in volumes["/tmp"]
+
+
+def test_training_job_needs_training() -> None:
+    body = {"metadata": {"name": "demo"}, "spec": {"model": {"uri": ZOO}}}
+    with pytest.raises(ValueError):
+        jobs.training_job(parse(body, SETTINGS), SETTINGS, version=1, base_weights=None)
+
+
+def test_job_is_deterministic() -> None:
+    assert job(make_spec(), version=2, base=1) == job(make_spec(), version=2, base=1)
