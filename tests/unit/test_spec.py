@@ -313,3 +313,18 @@ def test_parse_does_not_change_its_input() -> None:
     before = copy.deepcopy(body)
     parse(body, SETTINGS)
     assert body == before
+
+
+def test_empty_training_section_turns_training_on_with_defaults() -> None:
+    spec = parse(cr({"dataLogging": {"roboflow": ROBOFLOW}, "training": {}}), SETTINGS)
+    assert spec.training is not None and spec.training.epochs == 50
+    assert spec.training.dataset.project == "soccer-players"
+
+
+def test_empty_data_logging_section_asks_for_its_roboflow_coordinates() -> None:
+    assert "spec.dataLogging.roboflow" in error({"dataLogging": {}})
+
+
+def test_absent_and_null_sections_are_off() -> None:
+    spec = parse(cr({"dataLogging": None, "training": None}), SETTINGS)
+    assert spec.data_logging is None and spec.training is None
