@@ -84,6 +84,12 @@ def redact(text: str, secret: str | None = None) -> str:
     return _KEY_IN_URL.sub(r"\1***", text)
 
 
+def _reason(exc: requests.RequestException, secret: str) -> str:
+    """A short cause (`ConnectTimeout`, `[Errno 111] Connection refused`) without the URL and its key."""
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", str(exc))
+    return type(exc).__name__ + (f" ({redact(errno.group(0).strip(), secret)})" if errno else "")
+
+
 def _error_message(response: requests.Response) -> str:
     """Roboflow's own message from `{"error": {"message": ...}}` (or a short body excerpt)."""
     try:
@@ -128,15 +134,15 @@ class RoboflowClient:
         try:
             response = self._session().request(method, url, params=query, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:  # connection refused, timeout, DNS...
-            raise RoboflowError(f"cannot reach Roboflow at {self.api_url}: {redact(type(exc).__name__ + ': ' + str(exc), self._key)}") from None
+            raise RoboflowError(f"cannot reach Roboflow at {self.api_url}: {_reason(exc, self._key)}") from None
         if response.status_code not in ok:
             message = redact(_error_message(response), self._key)
-            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} to {method} /{redact(path)}: {message}",
+            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} to {method} /{redact(path.lstrip('/'))}: {message}",
                                 status=response.status_code)
         try:
             return response.status_code, response.json()
         except ValueError:
-            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} without JSON to {method} /{path}",
+            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} without JSON to {method} /{path.lstrip('/')}",
                                 status=response.status_code) from None
 
     def check_key(self) -> str:
