@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any, Iterator
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -127,6 +128,13 @@ def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from strings(v, f"{path}[{i}]")
     elif value is not None:
         yield path, str(value)
+
+
+def test_every_manifest_is_a_valid_kubernetes_object(case: tuple[Spec, list]) -> None:
+    _, manifests = case
+    for manifest in manifests:
+        # strict: an unknown or misspelt field fails instead of being dropped by the API server
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
 
 
 # --- hardening -----------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_render_prints_objects_that_validate_strictly(example: str) -> None:
     objs = documents(result.stdout)
     assert {o["kind"] for o in objs} >= {"ConfigMap", "Deployment", "Service"}
     for obj in objs:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True) == KUBERNETES_VERSION
 
 
 @pytest.mark.parametrize("example", [p.name for p in example_files()])
