@@ -167,3 +167,11 @@ def test_missing_file_and_bad_yaml_are_clear_errors(tmp_path: Path) -> None:
 def test_training_job_without_training_is_a_clear_error(tmp_path: Path) -> None:
     result = run("-f", str(EXAMPLES / "minimal.yaml"), "--training-job")
     assert result.returncode != 0 and "spec.training" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("metadata", ["{name: 123}", "demo"])
+def test_bad_metadata_is_a_clear_error_not_a_traceback(metadata: str) -> None:
+    text = f"apiVersion: kontinual.io/v1alpha1\nkind: ContinualModel\nmetadata: {metadata}\nspec: {{model: {{uri: {ZOO}}}}}\n"
+    result = run("-f", "-", stdin=text)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "metadata" in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -328,3 +328,27 @@ def test_empty_data_logging_section_asks_for_its_roboflow_coordinates() -> None:
 def test_absent_and_null_sections_are_off() -> None:
     spec = parse(cr({"dataLogging": None, "training": None}), SETTINGS)
     assert spec.data_logging is None and spec.training is None
+
+
+@pytest.mark.parametrize("metadata, field", [
+    ("soccer", "metadata"),
+    ({"name": 123}, "metadata.name"),
+    ({"name": "soccer", "namespace": 5}, "metadata.namespace"),
+    ({"name": "soccer", "namespace": "Vision_Team"}, "metadata.namespace"),
+    ({"name": "soccer", "generation": "x"}, "metadata.generation"),
+])
+def test_bad_metadata_is_a_spec_error_naming_the_field(metadata: Any, field: str) -> None:
+    body = cr()
+    body["metadata"] = metadata
+    with pytest.raises(SpecError) as info:
+        parse(body, SETTINGS)
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("serving, field", [
+    ({"nodeSelector": {"pool": 1}}, "spec.serving.nodeSelector"),
+    ({"imagePullSecrets": [{"name": 5}]}, "spec.serving.imagePullSecrets"),
+])
+def test_values_kubernetes_needs_as_strings_are_checked(serving: dict, field: str) -> None:
+    # Otherwise `kontinual render` prints an object the API server rejects.
+    assert field in error({"serving": serving})
