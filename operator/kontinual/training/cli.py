@@ -143,10 +143,22 @@ def _setup_logging() -> None:
         os.environ.setdefault("YOLO_CONFIG_DIR", config)
 
 
+def _where_to_report(argv: list[str]) -> tuple[Path, int | None]:
+    """--result-file and --version read leniently first, so that bad flags are still reported there."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--result-file", default=os.environ.get(ENV_PREFIX + "RESULT_FILE") or "/dev/termination-log")
+    pre.add_argument("--version", default=os.environ.get(ENV_PREFIX + "VERSION"))
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except SystemExit:
+        return Path("/dev/termination-log"), None
+    version = int(known.version) if str(known.version or "").isdigit() else None
+    return Path(known.result_file), version
+
+
 def main(argv: list[str]) -> int:
     _setup_logging()
-    result_file = Path(os.environ.get(ENV_PREFIX + "RESULT_FILE") or "/dev/termination-log")
-    version: int | None = None
+    result_file, version = _where_to_report(argv)
     try:
         args = _parse(argv)
         result_file, version = args.result_file, args.version

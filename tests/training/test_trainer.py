@@ -1,0 +1,250 @@
+"""`kontinual train` end to end, as the training Job runs it: real SparseML training of a tiny YOLOv5
+on a synthetic soccer dataset, ONNX export, evaluation, artifacts, result JSON, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import numpy_helper
+
+from tests.support.roboflow_double import RoboflowDouble
+from tests.support.synthetic import make_dataset
+from tests.training.conftest import IMAGE_SIZE, Run, run_train
+
+pytestmark = pytest.mark.slow
+
+PRUNE_RECIPE = """
+version: 1.1.0
+num_epochs: 2
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+pruning_modifiers:
+  - !GMPruningModifier
+    params: __ALL_PRUNABLE__
+    init_sparsity: 0.05
+    final_sparsity: 0.5
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 0.5
+    leave_enabled: True
+"""
+
+PRUNE_QUANTIZE_RECIPE = """
+version: 1.1.0
+num_epochs: 2
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+pruning_modifiers:
+  - !GMPruningModifier
+    params: __ALL_PRUNABLE__
+    init_sparsity: 0.05
+    final_sparsity: 0.6
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 0.5
+    leave_enabled: True
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: 1.0
+"""
+
+
+def common_args(model_config: Path, recipe: Path | str) -> list[str]:
+    return ["--base-weights", str(model_config), "--recipe", str(recipe), "--image-size", str(IMAGE_SIZE),
+            "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+
+
+def conv_weight_sparsity(path: Path) -> float:
+    """Zero conv weights in an ONNX file, read independently of the trainer (INT8: == zero point)."""
+    graph = onnx.load(str(path)).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zeros = total = 0
+    for node in graph.node:
+        if node.op_type == "Conv" and node.input[1] in init:
+            weight, zero_point = init[node.input[1]], 0
+        elif node.op_type == "ConvInteger" and node.input[1] in init:
+            weight, zero_point = init[node.input[1]], init[node.input[3]] if len(node.input) > 3 else 0
+        elif node.op_type == "QLinearConv" and node.input[3] in init:
+            weight, zero_point = init[node.input[3]], init[node.input[5]]
+        else:
+            continue
+        zeros += int((weight == zero_point).sum())
+        total += weight.size
+    assert total, "no conv weights found in the ONNX"
+    return zeros / total
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_complete_version(root: Path, run: Run, version: int) -> dict:
+    """What the operator and a person rely on: files, digests, metrics, no temp folder left."""
+    assert run.code == 0, run.log[-3000:]
+    result = run.result
+    assert result["status"] == "Succeeded" and result["version"] == version
+    assert result["onnx"] == f"v{version}/model.onnx"
+    folder = root / f"v{version}"
+    assert sorted(p.name for p in folder.iterdir()) == \
+        ["manifest.json", "metrics.json", "model.onnx", "model.pt", "recipe.yaml"]
+    assert not list(root.glob(f".v{version}.tmp-*"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    onnx_file = root / result["onnx"]
+    assert result["sha256"] == manifest["files"]["model.onnx"]["sha256"] == file_sha256(onnx_file)
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == file_sha256(folder / name), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("mAP50", "mAP50_95"):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0
+        assert result["metrics"][key] == metrics[key]
+    assert result["images"] == {"train": 16, "valid": 4, "test": 4}
+    assert manifest["dataset"]["images"] == result["images"]
+    assert abs(manifest["sparsity"]["overall"] - result["sparsity"]) < 1e-9
+    assert manifest["sparsity"]["layers"] and manifest["timings"]["train"] > 0
+    assert "epoch 2/2 loss" in run.log and "ETA" in run.log  # progress a person can follow
+    return manifest
+
+
+def run_onnx(path: Path, image: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    assert spec.shape == [1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    feed = image if spec.type == "tensor(uint8)" else image.astype(np.float32) / 255
+    return session.run(None, {spec.name: feed})[0]
+
+
+@pytest.fixture(scope="module")
+def claim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def roboflow_run(tmp_path_factory: pytest.TempPathFactory, soccer_dataset: Path, tiny_model_config: Path,
+                 claim: Path) -> tuple[Run, RoboflowDouble]:
+    """Pruning run on a dataset downloaded from the Roboflow double by the roboflow SDK; most flags by env."""
+    work = tmp_path_factory.mktemp("rf-run")
+    recipe = work / "prune.yaml"
+    recipe.write_text(PRUNE_RECIPE)
+    with RoboflowDouble() as rf:
+        rf.add_version("soccer", 2, soccer_dataset)
+        rf.add_version("soccer", 3, soccer_dataset)
+        env = {"API_URL": rf.url, "ROBOFLOW_API_KEY": rf.api_key, "KONTINUAL_ROBOFLOW_WORKSPACE": rf.workspace,
+               "KONTINUAL_ROBOFLOW_PROJECT": "soccer", "KONTINUAL_DATASET_VERSION": "latest",
+               "KONTINUAL_EPOCHS": "2", "KONTINUAL_OUTPUT_DIR": str(claim), "KONTINUAL_VERSION": "1"}
+        run = run_train(common_args(tiny_model_config, recipe), result_file=work / "result.json", env=env)
+    return run, rf
+
+
+@pytest.fixture(scope="module")
+def quantized_run(tmp_path_factory: pytest.TempPathFactory, soccer_dataset: Path, tiny_model_config: Path,
+                  claim: Path) -> Run:
+    work = tmp_path_factory.mktemp("pq-run")
+    recipe = work / "prune-quantize.yaml"
+    recipe.write_text(PRUNE_QUANTIZE_RECIPE)
+    return run_train(["--dataset-dir", str(soccer_dataset), "--output-dir", str(claim), "--version", "5",
+                      "--epochs", "2", *common_args(tiny_model_config, recipe)], result_file=work / "result.json")
+
+
+def test_pruning_run_from_roboflow(roboflow_run: tuple[Run, RoboflowDouble], claim: Path,
+                                   soccer_dataset: Path) -> None:
+    run, rf = roboflow_run
+    manifest = assert_complete_version(claim, run, 1)
+    assert run.result["datasetVersion"] == "3"  # "latest" of versions 2 and 3
+    paths = [r.path for r in rf.requests]
+    assert "/acme/soccer/3/yolov5pytorch" in paths and any(p.startswith("/download/") for p in paths)
+    assert all(r.api_key in (None, rf.api_key) for r in rf.requests)
+    assert rf.api_key not in run.log and rf.api_key not in json.dumps(run.result)
+    onnx_file = claim / "v1/model.onnx"
+    assert abs(conv_weight_sparsity(onnx_file) - 0.5) <= 0.01
+    assert manifest["quantized"] is False
+    assert not {n.op_type for n in onnx.load(str(onnx_file)).graph.node} & {"ConvInteger", "QLinearConv"}
+    image = np.random.default_rng(0).integers(0, 255, (1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    output = run_onnx(onnx_file, image)
+    assert output.shape[0] == 1 and output.shape[2] == 5 + 4  # boxes, objectness, 4 class scores
+
+
+def test_prune_then_quantize_run(quantized_run: Run, claim: Path) -> None:
+    manifest = assert_complete_version(claim, quantized_run, 5)
+    onnx_file = claim / "v5/model.onnx"
+    ops = {n.op_type for n in onnx.load(str(onnx_file)).graph.node}
+    assert ops & {"ConvInteger", "QLinearConv"}, ops
+    assert manifest["quantized"] is True
+    assert abs(conv_weight_sparsity(onnx_file) - 0.6) <= 0.01
+    assert abs(quantized_run.result["sparsity"] - 0.6) <= 0.01
+    image = np.random.default_rng(1).integers(0, 255, (1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    assert np.isfinite(run_onnx(onnx_file, image)).all()
+
+
+def test_second_run_continues_from_the_first_runs_model_pt(quantized_run: Run, claim: Path, soccer_dataset: Path,
+                                                           tmp_path: Path) -> None:
+    assert quantized_run.code == 0
+    first = claim / "v5"
+    first_digest = file_sha256(first / "model.onnx")
+    run = run_train(["--dataset-dir", str(soccer_dataset), "--output-dir", str(claim), "--version", "6",
+                     "--epochs", "2", "--base-weights", str(first / "model.pt"), "--recipe", "keep-sparsity-quantize",
+                     "--image-size", str(IMAGE_SIZE), "--batch-size", "8", "--workers", "0"],
+                    result_file=tmp_path / "result.json")
+    assert_complete_version(claim, run, 6)
+    assert "continuing; quantized, 1 earlier run(s)" in run.log
+    onnx_file = claim / "v6/model.onnx"
+    assert abs(conv_weight_sparsity(onnx_file) - 0.6) <= 0.01  # the base's sparsity is kept
+    assert {n.op_type for n in onnx.load(str(onnx_file)).graph.node} & {"ConvInteger", "QLinearConv"}
+    assert file_sha256(first / "model.onnx") == first_digest  # the earlier version is untouched
+    checkpoint = torch.load(claim / "v6/model.pt", map_location="cpu", weights_only=True)
+    assert [h["version"] for h in checkpoint["history"]] == [5, 6]
+
+
+def assert_failed(run: Run, reason: str, claim: Path, version: int) -> None:
+    assert run.code != 0, run.log[-2000:]
+    assert run.result["status"] == "Failed" and run.result["reason"] == reason, run.result
+    assert run.result["message"]
+    assert not (claim / f"v{version}").exists() and not list(claim.glob(f".v{version}.tmp-*"))
+
+
+def test_empty_dataset_fails_with_dataset_empty(tmp_path: Path, tiny_model_config: Path) -> None:
+    root = make_dataset(tmp_path / "empty", n_train=4, size=IMAGE_SIZE)
+    for label in (root / "train/labels").glob("*.txt"):
+        label.write_text("")
+    run = run_train(["--dataset-dir", str(root), "--output-dir", str(tmp_path / "m"), "--version", "1",
+                     "--epochs", "1", *common_args(tiny_model_config, "prune-quantize")],
+                    result_file=tmp_path / "result.json")
+    assert_failed(run, "DatasetEmpty", tmp_path / "m", 1)
+    assert "no labeled images" in run.result["message"]
+
+
+def test_bad_recipe_fails_with_recipe_invalid(tmp_path: Path, soccer_dataset: Path, tiny_model_config: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("version: 1.1.0\nmodifiers:\n  - !NoSuchPruningModifier\n    start_epoch: 0.0\n")
+    (tmp_path / "m").mkdir()
+    run = run_train(["--dataset-dir", str(soccer_dataset), "--output-dir", str(tmp_path / "m"), "--version", "1",
+                     "--epochs", "1", *common_args(tiny_model_config, recipe)], result_file=tmp_path / "result.json")
+    assert_failed(run, "RecipeInvalid", tmp_path / "m", 1)
+    assert str(recipe) in run.result["message"]
+
+
+def test_roboflow_down_fails_with_download_failed_and_no_key(tmp_path: Path, tiny_model_config: Path) -> None:
+    with RoboflowDouble() as rf:
+        url, key = rf.url, rf.api_key
+    run = run_train(["--roboflow-workspace", "acme", "--roboflow-project", "soccer", "--output-dir",
+                     str(tmp_path / "m"), "--version", "1", *common_args(tiny_model_config, "prune-quantize")],
+                    result_file=tmp_path / "result.json", env={"API_URL": url, "ROBOFLOW_API_KEY": key})
+    assert_failed(run, "DatasetDownloadFailed", tmp_path / "m", 1)
+    assert "acme/soccer" in run.result["message"]
+    assert key not in run.log and key not in json.dumps(run.result)
+
+
+def test_missing_flags_fail_with_invalid_arguments(tmp_path: Path) -> None:
+    run = run_train(["--dataset-dir", str(tmp_path)], result_file=tmp_path / "result.json")
+    assert run.code != 0 and run.result["reason"] == "InvalidArguments"
+    assert "--output-dir is required" in run.result["message"] and "--version" in run.result["message"]
