@@ -88,12 +88,10 @@ def owner_reference(spec: Spec) -> dict[str, Any]:
 
 
 def metadata(spec: Spec, name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": spec.namespace,
-        "labels": labels(spec, component),
-        "ownerReferences": [owner_reference(spec)],
-    }
+    meta: dict[str, Any] = {"name": name, "namespace": spec.namespace, "labels": labels(spec, component)}
+    if spec.uid:  # unknown when rendering a file that never met an API server
+        meta["ownerReferences"] = [owner_reference(spec)]
+    return meta
 
 
 def model_path(source: ModelSource) -> str:
@@ -179,6 +177,19 @@ def _probe(path: str, *, period: int, failures: int, initial: int = 0) -> dict[s
     }
 
 
+def fetch_container(name: str, image: str, url: str, dest: str, mount: dict[str, Any]) -> dict[str, Any]:
+    """An init container that downloads `url` to `dest` with the image's own Python (no extra tools)."""
+    return {
+        "name": name,
+        "image": image,
+        "command": ["python", "-c", "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])",
+                    url, dest],
+        "volumeMounts": [mount],
+        "securityContext": container_security(),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    }
+
+
 def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, list, list]:
     """Volumes, server mounts and init containers that put the model where model_path says."""
     source = target.source
@@ -199,15 +210,8 @@ def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, l
             })
         return [volume], [mount], init
     if source.scheme == "https":
-        fetch = {
-            "name": "fetch-model",
-            "image": image,
-            "command": ["python", "-c", "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])",
-                        source.path, f"{MODEL_CACHE}/model.onnx"],
-            "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_CACHE}],
-            "securityContext": container_security(),
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        }
+        fetch = fetch_container("fetch-model", image, source.path, f"{MODEL_CACHE}/model.onnx",
+                                {"name": "model-cache", "mountPath": MODEL_CACHE})
         mount = {"name": "model-cache", "mountPath": MODEL_CACHE, "readOnly": True}
         return [{"name": "model-cache", "emptyDir": {}}], [mount], [fetch]
     return [], [], []

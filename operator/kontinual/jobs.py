@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from kontinual import GROUP
-from kontinual.builders import MODELS_MOUNT, container_security, labels, metadata, pod_security
+from kontinual.builders import MODELS_MOUNT, container_security, fetch_container, labels, metadata, pod_security
 from kontinual.settings import Settings
 from kontinual.spec import Spec
 
 RECIPE_DIR = "/etc/kontinual/recipe"
+INPUTS = "/inputs"  # downloaded or other-claim inputs (recipe, base weights)
 DEFAULT_BASE_WEIGHTS = "yolov5s.yaml"  # random init from the yolov5 package's config
 DEFAULT_TRAINER_RESOURCES = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
 VERSION_LABEL = f"{GROUP}/version"
@@ -23,16 +25,45 @@ def job_labels(spec: Spec, version: int) -> dict[str, str]:
     return {**labels(spec, "training"), VERSION_LABEL: str(version)}
 
 
-def base_weights_path(spec: Spec, serving_version: int | None) -> str:
+class _Inputs:
+    """Volumes, mounts and init containers that turn input URIs into files the trainer can open."""
+
+    def __init__(self, spec: Spec, image: str) -> None:
+        self.spec, self.image = spec, image
+        self.volumes: list[dict[str, Any]] = []
+        self.mounts: list[dict[str, Any]] = []
+        self.init: list[dict[str, Any]] = []
+
+    def path(self, uri: str, role: str) -> str:
+        """A local path for `uri` (file://, pvc://, https://); anything else is passed as is."""
+        if uri.startswith("file://"):
+            return uri[len("file://"):]
+        if uri.startswith("pvc://"):
+            claim, _, rest = uri[len("pvc://"):].partition("/")
+            if claim == self.spec.storage.claim_name:  # the model claim is mounted at /models already
+                return f"{MODELS_MOUNT}/{rest}"
+            name = f"{role}-claim"
+            self.volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+            self.mounts.append({"name": name, "mountPath": f"{INPUTS}/{name}", "readOnly": True})
+            return f"{INPUTS}/{name}/{rest}"
+        if uri.startswith("https://"):
+            if not any(v["name"] == "inputs" for v in self.volumes):
+                self.volumes.append({"name": "inputs", "emptyDir": {}})
+                self.mounts.append({"name": "inputs", "mountPath": INPUTS, "readOnly": True})
+            suffix = "".join(PurePosixPath(uri.split("?")[0]).suffixes[-1:]) or ".bin"
+            dest = f"{INPUTS}/{role}{suffix}"
+            self.init.append(fetch_container(f"fetch-{role}", self.image, uri, dest,
+                                             {"name": "inputs", "mountPath": INPUTS}))
+            return dest
+        return uri
+
+
+def base_weights_uri(spec: Spec, serving_version: int | None) -> str:
     """Continue from the serving model's model.pt; the first run starts from spec.training.baseWeights."""
     if serving_version:
-        return f"{MODELS_MOUNT}/v{serving_version}/model.pt"
+        return f"pvc://{spec.storage.claim_name}/v{serving_version}/model.pt"
     assert spec.training is not None
-    weights = spec.training.base_weights or DEFAULT_BASE_WEIGHTS
-    prefix = f"pvc://{spec.storage.claim_name}/"
-    if weights.startswith(prefix):  # a file on the model claim, which the Job mounts at /models
-        return f"{MODELS_MOUNT}/{weights[len(prefix):].lstrip('/')}"
-    return weights
+    return spec.training.base_weights or DEFAULT_BASE_WEIGHTS
 
 
 def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: int | None) -> dict[str, Any]:
@@ -41,6 +72,8 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
     if training is None:
         raise ValueError("training_job needs spec.training")
     dataset = training.dataset
+    image = training.image or settings.trainer_image
+    inputs = _Inputs(spec, image)
     args = [
         "--output-dir", MODELS_MOUNT,
         "--version", str(version),
@@ -48,7 +81,7 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
         "--roboflow-workspace", dataset.workspace,
         "--roboflow-project", dataset.project,
         "--dataset-version", training.dataset_version,
-        "--base-weights", base_weights_path(spec, base_weights),
+        "--base-weights", inputs.path(base_weights_uri(spec, base_weights), "weights"),
         "--epochs", str(training.epochs),
         "--image-size", str(training.image_size),
         "--batch-size", str(training.batch_size),
@@ -71,7 +104,9 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
         mounts.append({"name": "recipe", "mountPath": RECIPE_DIR, "readOnly": True})
         args += ["--recipe", f"{RECIPE_DIR}/recipe.yaml"]
     elif recipe.uri:
-        args += ["--recipe", recipe.uri]
+        args += ["--recipe", inputs.path(recipe.uri, "recipe")]
+    volumes += inputs.volumes
+    mounts += inputs.mounts
     env = [
         {"name": "ROBOFLOW_API_KEY", "valueFrom": {"secretKeyRef": {"name": dataset.api_key.name,
                                                                    "key": dataset.api_key.key}}},
@@ -83,7 +118,7 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
     ]
     container = {
         "name": "trainer",
-        "image": training.image or settings.trainer_image,
+        "image": image,
         "command": ["kontinual", "train"],
         "args": args,
         "env": env,
@@ -102,6 +137,8 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
         "containers": [container],
         "volumes": volumes,
     }
+    if inputs.init:
+        pod_spec["initContainers"] = inputs.init
     if training.node_selector:
         pod_spec["nodeSelector"] = dict(training.node_selector)
     if training.tolerations:

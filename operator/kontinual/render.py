@@ -36,7 +36,8 @@ def render(docs: list[dict[str, Any]], settings: Settings, *, training_job: bool
     """Every child of every ContinualModel in `docs`; SpecError names the object and field."""
     out: list[dict[str, Any]] = []
     for doc in docs:
-        name = (doc.get("metadata") or {}).get("name", "?")
+        meta = doc.get("metadata")
+        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
         try:
             spec = parse(doc, settings)
         except SpecError as exc:

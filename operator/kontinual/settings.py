@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from kontinual import __version__
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
+def _int(env: dict[str, str], name: str, default: int, low: int = 1, high: int = 2**31 - 1) -> int:
     raw = env.get(name, "")
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Settings:
             roboflow_api_url=env.get("KONTINUAL_ROBOFLOW_API_URL") or default.roboflow_api_url,
             roboflow_poll_seconds=_int(env, "KONTINUAL_ROBOFLOW_POLL_SECONDS", default.roboflow_poll_seconds),
             resync_seconds=_int(env, "KONTINUAL_RESYNC_SECONDS", default.resync_seconds),
-            health_port=_int(env, "KONTINUAL_HEALTH_PORT", default.health_port),
+            health_port=_int(env, "KONTINUAL_HEALTH_PORT", default.health_port, 1, 65535),
             log_level=(env.get("KONTINUAL_LOG_LEVEL") or default.log_level).upper(),
             log_format=log_format,
             watch_namespaces=namespaces,

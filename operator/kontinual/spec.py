@@ -18,6 +18,7 @@ from kontinual.settings import Settings
 DEFAULT_PORT = 5543
 DEFAULT_METRICS_PORT = 9101
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^(latest|[1-9][0-9]*)$")
 CRON_RE = re.compile(r"^\s*(\S+\s+){4}\S+\s*$")
 
@@ -244,6 +245,13 @@ class _Reader:
     def mapping(self, key: str) -> dict[str, Any]:
         return dict(self.sub(key).data)
 
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.mapping(key)
+        bad = {k: v for k, v in value.items() if not isinstance(v, str)}
+        if bad:
+            raise SpecError(f"{self.path}.{key} values must be strings (quote numbers and booleans), got {bad!r}")
+        return value
+
     def objects(self, key: str) -> tuple[Mapping[str, Any], ...]:
         value = self.data.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
@@ -263,6 +271,8 @@ class _Reader:
 
 def _serving(r: _Reader) -> Serving:
     pull = r.objects("imagePullSecrets")
+    if not all(isinstance(p.get("name"), str) and p.get("name") for p in pull):
+        raise SpecError(f"{r.path}.imagePullSecrets entries must be {{name: <secret name>}}, got {list(pull)!r}")
     return Serving(
         replicas=r.req_int("replicas", 1, minimum=0),
         image=r.str("image"),
@@ -270,10 +280,10 @@ def _serving(r: _Reader) -> Serving:
         batch_size=r.req_int("batchSize", 1, minimum=1),
         num_cores=r.int("numCores", None, minimum=1),
         resources=r.mapping("resources"),
-        node_selector=r.mapping("nodeSelector"),
+        node_selector=r.string_map("nodeSelector"),
         tolerations=r.objects("tolerations"),
         affinity=r.mapping("affinity"),
-        image_pull_secrets=tuple(str(p.get("name", "")) for p in pull if p.get("name")),
+        image_pull_secrets=tuple(str(p["name"]) for p in pull),
         progress_deadline_seconds=r.req_int("progressDeadlineSeconds", 600, minimum=30),
     )
 
@@ -352,7 +362,7 @@ def _training(r: _Reader, settings: Settings, logging: DataLogging | None) -> Tr
         device=r.enum("device", "auto", ("auto", "cpu", "cuda")),
         image=r.str("image"),
         resources=r.mapping("resources"),
-        node_selector=r.mapping("nodeSelector"),
+        node_selector=r.string_map("nodeSelector"),
         tolerations=r.objects("tolerations"),
         active_deadline_seconds=r.req_int("activeDeadlineSeconds", 86400, minimum=60),
         backoff_limit=r.req_int("backoffLimit", 1, minimum=0),
@@ -385,11 +395,17 @@ def _rollout(r: _Reader) -> Rollout:
 def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     """The whole ContinualModel object (metadata + spec) -> Spec, or SpecError naming the field."""
     settings = settings or Settings()
-    meta = body.get("metadata") or {}
-    name = meta.get("name") or ""
-    if not NAME_RE.match(name) or len(name) > 45:
-        # Children are named NAME-server-config / NAME-train-N: keep room under the 63-char label limit.
-        raise SpecError(f"metadata.name must be a DNS-1123 label of at most 45 characters, got {name!r}")
+    meta = _Reader(body.get("metadata"), "metadata")
+    name = meta.str("name", required=True)
+    if not DNS1035_RE.match(name) or len(name) > 45:
+        # NAME-server is a Service name (DNS-1035: starts with a letter); NAME-train-N must stay
+        # under the 63-character label limit.
+        raise SpecError(f"metadata.name must start with a letter, hold only lowercase letters, digits and '-', "
+                        f"and be at most 45 characters, got {name!r}")
+    namespace = meta.str("namespace", "default")
+    if not NAME_RE.match(namespace) or len(namespace) > 63:
+        raise SpecError(f"metadata.namespace must be a DNS-1123 label, got {namespace!r}")
+    generation = meta.req_int("generation", 0, minimum=0)
     r = _Reader(body.get("spec"), "spec")
     task = r.enum("task", "yolo", ("yolo",))
     model = ModelSource.parse(r.sub("model").str("uri", required=True), "spec.model.uri")
@@ -402,9 +418,9 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     storage = _storage(r.sub("storage"), name)
     return Spec(
         name=name,
-        namespace=meta.get("namespace") or "default",
-        uid=meta.get("uid") or "",
-        generation=int(meta.get("generation") or 0),
+        namespace=namespace,
+        uid=meta.str("uid"),
+        generation=generation,
         task=task,
         model=model,
         serving=_serving(r.sub("serving")),

@@ -54,11 +54,11 @@ def availability(deploy: Mapping[str, Any] | None, wanted_generation: int | None
     if wanted_generation is not None:
         generation = max(generation, wanted_generation)
     replicas = spec.get("replicas", 1)
+    if (status.get("observedGeneration") or 0) < generation:
+        return Condition(AVAILABLE, False, "RolloutInProgress", "the Deployment controller has not seen the change yet")
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return Condition(AVAILABLE, False, "ProgressDeadlineExceeded", cond.get("message") or "rollout stalled")
-    if (status.get("observedGeneration") or 0) < generation:
-        return Condition(AVAILABLE, False, "RolloutInProgress", "the Deployment controller has not seen the change yet")
     if replicas == 0:
         return Condition(AVAILABLE, False, "ScaledToZero", "spec.serving.replicas is 0")
     updated = status.get("updatedReplicas") or 0
