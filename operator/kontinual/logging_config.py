@@ -1,14 +1,16 @@
 """Render the DeepSparse server config's Roboflow logger entry and the endpoint's data_logging (pure).
 
 DeepSparse 1.8.0 loads a custom logger from `path: <file>:<Class>` with
-`importlib.util.spec_from_file_location`, so `path` must be a file, not a dotted module path.
-It points at `kontinual/serving/deepsparse_plugin.py` inside the installed `kontinual` package,
-a one-line file that imports `kontinual.serving.roboflow_logger.RoboflowLogger` by module path:
-nothing is copied into the pod. The file's location is computed from where `kontinual` is
-installed in the process that renders (found with importlib, without importing the serving wing,
-which needs deepsparse). The operator and server images therefore install `kontinual` into the
-same site-packages (both `pip install` it into the system Python 3.11 of the same base image);
-`logger_file=` overrides it.
+`importlib.util.spec_from_file_location` (legacy/loggers/build_logger.py), so `path` must be a
+file, not a dotted module path. It points at `kontinual/serving/deepsparse_plugin.py` inside the
+`kontinual` package installed in the server image, a one-line file that imports
+`kontinual.serving.roboflow_logger.RoboflowLogger` by module path: nothing is copied into the pod
+and there is exactly one logger module. The file's place is a fact about the server image
+(images/server/Dockerfile: a venv at /opt/kontinual on python:3.11), written here as
+SERVER_PLUGIN_FILE, not computed in the rendering process: the operator runs in another image
+and `kontinual render` on a laptop, and the rendered config (and its hash, which rolls the pods)
+must not depend on where it was rendered. `logger_file=` overrides it (tests running
+`deepsparse.server` from a local venv use `plugin_file()`, the file in this process's install).
 
 Sampling: both data_logging entries use `frequency: 1` and the logger gets the spec's
 frequency (see kontinual.serving.roboflow_logger for why: reliable input/output pairing).
@@ -27,10 +29,12 @@ LOGGER_NAME = "roboflow"
 LOGGER_CLASS = "RoboflowLogger"
 LOGGER_MODULE = "kontinual.serving.roboflow_logger"  # what the entry file imports
 API_KEY_ENV = "ROBOFLOW_API_KEY"  # the Deployment sets it from spec.dataLogging.roboflow.apiKeySecretRef
+SERVER_VENV = "/opt/kontinual"  # images/server/Dockerfile
+SERVER_PLUGIN_FILE = f"{SERVER_VENV}/lib/python3.11/site-packages/kontinual/serving/deepsparse_plugin.py"
 
 
 def plugin_file() -> str:
-    """Absolute path of kontinual/serving/deepsparse_plugin.py in the installed package."""
+    """Absolute path of kontinual/serving/deepsparse_plugin.py in this process's installed package."""
     spec = importlib.util.find_spec("kontinual")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the kontinual package is not installed")
@@ -43,7 +47,7 @@ def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: s
     """(the server config's top-level `loggers` mapping, the endpoint's `data_logging` mapping)."""
     rf = data_logging.roboflow
     logger: dict[str, Any] = {
-        "path": f"{logger_file or plugin_file()}:{LOGGER_CLASS}",
+        "path": f"{logger_file or SERVER_PLUGIN_FILE}:{LOGGER_CLASS}",
         "endpoint": endpoint,
         "model_version": str(model_version),
         "workspace": rf.workspace,

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from kontinual import builders, spec as specs, yamlio
+from kontinual import builders, logging_config, spec as specs, yamlio
 
 CLASS_NAMES = ["ball", "goalkeeper", "player", "referee"]
 READY_TIMEOUT = 120.0
@@ -29,9 +29,10 @@ def free_port() -> int:
 
 def continual_model(name: str, model: Path, rf_url: str, *, frequency: int, upload_predictions: bool = True,
                     max_per_minute: int = 1000, queue_size: int = 100, metrics_port: int,
-                    batch: str = "production", tags: tuple[str, ...] = ("production", "camera-1")) -> dict[str, Any]:
+                    batch: str = "production", tags: tuple[str, ...] = ("production", "camera-1"),
+                    data_logging: bool = True) -> dict[str, Any]:
     """A ContinualModel with dataLogging, as a user would write it (serving a local ONNX file)."""
-    return {
+    cr = {
         "apiVersion": "kontinual.io/v1alpha1", "kind": "ContinualModel",
         "metadata": {"name": name, "namespace": "vision"},
         "spec": {
@@ -47,6 +48,9 @@ def continual_model(name: str, model: Path, rf_url: str, *, frequency: int, uplo
             },
         },
     }
+    if not data_logging:
+        del cr["spec"]["dataLogging"]
+    return cr
 
 
 class DeepSparseServer:
@@ -56,7 +60,11 @@ class DeepSparseServer:
         self.spec = specs.parse(cr)
         self.config = builders.server_config(self.spec)
         # Test-only knobs (shorter back-off, fewer workers) go through the same logger kwargs.
-        self.config["loggers"]["roboflow"].update(logger_overrides)
+        if self.spec.data_logging:
+            # The rendered path is the logger's file in the server image; this process's venv
+            # has the same file elsewhere. Test-only knobs (back-off, workers) are logger kwargs too.
+            self.config["loggers"]["roboflow"].update(path=f"{logging_config.plugin_file()}:RoboflowLogger",
+                                                      **logger_overrides)
         self.workdir = workdir
         self.config_file = workdir / f"{self.spec.name}-server.yaml"
         self.config_file.write_text(yamlio.dump(self.config))

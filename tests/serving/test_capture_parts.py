@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from kontinual import builders, spec as specs
-from kontinual.logging_config import LOGGER_NAME, render_logging
+from kontinual.logging_config import LOGGER_NAME, SERVER_PLUGIN_FILE, SERVER_VENV, plugin_file, render_logging
 from kontinual.roboflow_api import RoboflowClient, RoboflowError, with_retries
 from kontinual.serving.capture import RateCap
 from kontinual.serving.encode import encode_jpeg, yolo_annotation
@@ -43,7 +43,7 @@ def test_builder_renders_logger_entry_without_secret(tmp_path: Path) -> None:
     config = builders.server_config(spec)
     logger = config["loggers"][LOGGER_NAME]
     file, _, cls = logger["path"].rpartition(":")
-    assert cls == "RoboflowLogger" and Path(file).is_file() and file.endswith("kontinual/serving/deepsparse_plugin.py")
+    assert (file, cls) == (SERVER_PLUGIN_FILE, "RoboflowLogger")  # the same wherever it is rendered
     assert (logger["frequency"], logger["max_per_minute"], logger["upload_predictions"]) == (100, 1000, True)
     assert (logger["workspace"], logger["project"], logger["split"]) == ("acme", PROJECT, "valid")
     assert logger["class_names"] == CLASS_NAMES and logger["api_key_env"] == "ROBOFLOW_API_KEY"
@@ -52,6 +52,16 @@ def test_builder_renders_logger_entry_without_secret(tmp_path: Path) -> None:
     assert data_logging == {t: [{"func": "identity", "frequency": 1, "target_loggers": [LOGGER_NAME]}]
                             for t in ("pipeline_inputs", "pipeline_outputs")}
     assert "apiKey" not in str(config) and "secret" not in str(config).lower()
+
+
+def test_plugin_file_is_where_the_server_image_installs_kontinual() -> None:
+    """SERVER_PLUGIN_FILE is a fact about images/server/Dockerfile: check the Dockerfile still says so."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "images" / "server" / "Dockerfile").read_text()
+    assert f"python -m venv {SERVER_VENV}" in dockerfile and "ARG PYTHON_IMAGE=python:3.11" in dockerfile
+    assert f"{SERVER_VENV}/bin/pip install" in dockerfile and '".[server]"' in dockerfile  # not editable
+    local = Path(plugin_file())
+    assert local.is_file() and SERVER_PLUGIN_FILE.endswith("/site-packages/" + "/".join(local.parts[-3:]))
+    assert "from kontinual.serving.roboflow_logger import RoboflowLogger" in local.read_text()
 
 
 def test_no_outputs_logged_without_upload_predictions(tmp_path: Path) -> None:
@@ -181,3 +191,17 @@ def test_logger_pairs_each_image_with_its_own_outputs(rf: RoboflowDouble, monkey
                          (70, 30): "2 0.500000 0.500000 1.000000 1.000000"}  # (60, 30) failed: image only
     counters = logger.counters.snapshot()
     assert (counters["requests"], counters["sampled"], counters["uploaded"], counters["annotations"]) == (4, 4, 4, 3)
+
+
+def test_wings_import_without_each_others_dependencies() -> None:
+    """The logger imports without kopf (server pods); the renderer and client without deepsparse or torch."""
+    import subprocess
+    import sys
+
+    blocked = ("import sys\nfor m in {mods}: sys.modules[m] = None\n")
+    serving = blocked.format(mods=["kopf", "kubernetes"]) + "import kontinual.serving.deepsparse_plugin"
+    operator = blocked.format(mods=["deepsparse", "torch", "numpy", "PIL"]) + \
+        "import kontinual.logging_config, kontinual.roboflow_api"
+    for code in (serving, operator):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]

@@ -195,7 +195,14 @@ class RoboflowLogger(BaseLogger):
         try:
             signal.signal(signal.SIGTERM, on_sigterm)
         except ValueError:  # not the main thread of the main interpreter
-            pass
+            return
+        self._sigterm = (on_sigterm, previous)
+
+    def _restore_sigterm(self) -> None:
+        handler, previous = getattr(self, "_sigterm", (None, None))
+        if handler is not None and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     def close(self, timeout: float | None = None) -> None:
         """Upload what is pending and queued (bounded by drain_seconds), then stop the metrics server."""
@@ -204,6 +211,7 @@ class RoboflowLogger(BaseLogger):
                 return
             self._closed = True
             pending, self._pending = list(self._pending.values()), {}
+        self._restore_sigterm()
         for images in pending:
             for image in images:
                 self.uploader.submit(Sample(image))
