@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -156,9 +157,15 @@ def _where_to_report(argv: list[str]) -> tuple[Path, int | None]:
     return Path(known.result_file), version
 
 
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise TrainingError(TRAINING_FAILED, "terminated (SIGTERM): the Job's activeDeadlineSeconds passed, or the "
+                        "Job or its pod was deleted")
+
+
 def main(argv: list[str]) -> int:
     _setup_logging()
     result_file, version = _where_to_report(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # Kubernetes stops a pod with SIGTERM: still report
     try:
         args = _parse(argv)
         result_file, version = args.result_file, args.version

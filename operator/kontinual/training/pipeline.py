@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
     work = Path(tempfile.mkdtemp(prefix="kontinual-train-", dir=args.work_dir))
     folder = VersionFolder(args.output_dir, args.version)
     try:
+        folder.create()  # first: a taken version fails before any download
         with _step("dataset", timings):
             version = None
             if args.dataset_dir is not None:
@@ -70,7 +71,6 @@ def run(args: argparse.Namespace) -> TrainingResult:
             loaded = load_base(args.base_weights, data.names)
             recipe = build_recipe(recipe_text, recipe_source, epochs=args.epochs,
                                   base_quantized=bool(loaded.quantization_recipe))
-        folder.create()
         settings = TrainSettings(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
                                  workers=args.workers, device=device, seed=args.seed)
         with _step("train", timings):
@@ -97,8 +97,9 @@ def run(args: argparse.Namespace) -> TrainingResult:
                                     len(data.names))
         write_json(folder.file("metrics.json"), {**metrics, "split": split, "images": data.images[split],
                                                  "imageSize": args.image_size})
-        dataset_info = {"version": data.version, "source": args.dataset_dir and str(args.dataset_dir) or
-                        f"roboflow:{args.roboflow_workspace}/{args.roboflow_project}",
+        source = str(args.dataset_dir) if args.dataset_dir is not None else \
+            f"roboflow:{args.roboflow_workspace}/{args.roboflow_project}"
+        dataset_info = {"version": data.version, "source": source,
                         "names": data.names, "images": data.images, "labeled": data.labeled}
         write_json(folder.file("manifest.json"), manifest(
             folder, dataset=dataset_info,

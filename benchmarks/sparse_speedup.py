@@ -1,0 +1,149 @@
+"""Benchmark (not a test): DeepSparse on a 90%-pruned INT8 YOLOv5s vs onnxruntime on the dense fp32 one.
+
+Both models come from the real trainer (`kontinual train`, yolov5s.yaml, 640 px) on the synthetic
+soccer dataset: a few steps are enough, since speed does not depend on accuracy. Prints items/s at
+batch 1 and 32 and the ratio. Usage: `.venv/bin/python benchmarks/sparse_speedup.py [--seconds 20]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.synthetic import make_dataset  # noqa: E402
+
+SIZE = 640
+KONTINUAL = Path(sys.executable).with_name("kontinual")
+
+SPARSE_QUANT_RECIPE = """
+version: 1.1.0
+num_epochs: 2
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+pruning_modifiers:
+  - !GMPruningModifier
+    params: __ALL_PRUNABLE__
+    init_sparsity: 0.05
+    final_sparsity: 0.9
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 0.5
+    leave_enabled: True
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: 1.0
+"""
+
+DENSE_RECIPE = """
+version: 1.1.0
+num_epochs: 1
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+"""
+
+
+def train(work: Path, dataset: Path, recipe_text: str, version: int, epochs: int) -> dict:
+    recipe = work / f"recipe-{version}.yaml"
+    recipe.write_text(recipe_text)
+    result_file = work / f"result-{version}.json"
+    command = [str(KONTINUAL), "train", "--dataset-dir", str(dataset), "--output-dir", str(work / "models"),
+               "--version", str(version), "--base-weights", "yolov5s.yaml", "--recipe", str(recipe),
+               "--epochs", str(epochs), "--image-size", str(SIZE), "--batch-size", "2", "--workers", "0",
+               "--device", "cpu", "--result-file", str(result_file)]
+    print(f"training v{version} ...", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    result = json.loads(result_file.read_text())
+    if done.returncode != 0:
+        sys.exit(f"kontinual train failed: {result}\n{done.stderr[-3000:]}")
+    return result
+
+
+def with_batch(onnx_path: Path, batch: int, out: Path) -> Path:
+    """A copy of the model whose input and output take `batch` images (the graph itself is batch-generic)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(model, str(out))
+    return out
+
+
+def measure(run, batch: int, seconds: float) -> float:
+    for _ in range(2):
+        run()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or count < 3:
+        run()
+        count += 1
+    return batch * count / (time.perf_counter() - started)
+
+
+def deepsparse_items_per_s(onnx_path: Path, batch: int, seconds: float) -> float:
+    import deepsparse
+
+    engine = deepsparse.compile_model(str(onnx_path), batch_size=batch)
+    inputs = engine.generate_random_inputs()  # the exported INT8 model quantizes its float input itself
+    return measure(lambda: engine(inputs), batch, seconds)
+
+
+def onnxruntime_items_per_s(onnx_path: Path, batch: int, seconds: float, work: Path) -> float:
+    import onnxruntime
+
+    path = with_batch(onnx_path, batch, work / f"dense-b{batch}.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    feed = {name: np.random.default_rng(0).random((batch, 3, SIZE, SIZE), dtype=np.float32)}
+    return measure(lambda: session.run(None, feed), batch, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement")
+    args = parser.parse_args()
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="kontinual-bench-") as tmp:
+        work = Path(tmp)
+        dataset = make_dataset(work / "soccer", n_train=4, n_valid=2, n_test=2, size=SIZE)
+        sparse = train(work, dataset, SPARSE_QUANT_RECIPE, 1, epochs=2)
+        dense = train(work, dataset, DENSE_RECIPE, 2, epochs=1)
+        sparse_onnx, dense_onnx = work / "models" / sparse["onnx"], work / "models" / dense["onnx"]
+        rows = []
+        for batch in (1, 32):
+            ds = deepsparse_items_per_s(sparse_onnx, batch, args.seconds)
+            ort = onnxruntime_items_per_s(dense_onnx, batch, args.seconds, work)
+            rows.append((batch, ds, ort))
+        sizes = (sparse_onnx.stat().st_size / 1e6, dense_onnx.stat().st_size / 1e6)
+    import deepsparse
+    import onnxruntime
+
+    print()
+    print(f"YOLOv5s {SIZE} px, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
+          f"({platform.processor() or platform.machine()}), load average before {load_before[0]:.2f}")
+    print(f"sparse: {sparse['sparsity']:.2f} conv-weight sparsity + INT8 ({sizes[0]:.1f} MB) on DeepSparse "
+          f"{deepsparse.__version__}; dense: fp32 ({sizes[1]:.1f} MB) on onnxruntime {onnxruntime.__version__}")
+    print()
+    print("| batch | DeepSparse sparse INT8 (items/s) | onnxruntime dense fp32 (items/s) | speedup |")
+    print("| ---: | ---: | ---: | ---: |")
+    for batch, ds, ort in rows:
+        print(f"| {batch} | {ds:.1f} | {ort:.1f} | {ds / ort:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
