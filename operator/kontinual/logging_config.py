@@ -3,14 +3,14 @@
 DeepSparse 1.8.0 loads a custom logger from `path: <file>:<Class>` with
 `importlib.util.spec_from_file_location` (legacy/loggers/build_logger.py), so `path` must be a
 file, not a dotted module path. It points at `kontinual/serving/deepsparse_plugin.py` inside the
-`kontinual` package installed in the server image, a one-line file that imports
+installed `kontinual` package, a one-line file that imports
 `kontinual.serving.roboflow_logger.RoboflowLogger` by module path: nothing is copied into the pod
-and there is exactly one logger module. The file's place is a fact about the server image
-(images/server/Dockerfile: a venv at /opt/kontinual on python:3.11), written here as
-SERVER_PLUGIN_FILE, not computed in the rendering process: the operator runs in another image
-and `kontinual render` on a laptop, and the rendered config (and its hash, which rolls the pods)
-must not depend on where it was rendered. `logger_file=` overrides it (tests running
-`deepsparse.server` from a local venv use `plugin_file()`, the file in this process's install).
+and there is exactly one logger module. The path is computed from where `kontinual` is installed
+in the rendering process (found with importlib, without importing the serving wing, which needs
+deepsparse). The operator and server images both install `kontinual` (not editable) into a venv
+at /opt/kontinual on Python 3.11, so in the operator's pod that is SERVER_PLUGIN_FILE, the file's
+place in the server image (tests/serving checks both Dockerfiles). `kontinual render` run outside
+the operator image shows the local install's path; `logger_file=` overrides it.
 
 Sampling: both data_logging entries use `frequency: 1` and the logger gets the spec's
 frequency (see kontinual.serving.roboflow_logger for why: reliable input/output pairing).
@@ -29,7 +29,7 @@ LOGGER_NAME = "roboflow"
 LOGGER_CLASS = "RoboflowLogger"
 LOGGER_MODULE = "kontinual.serving.roboflow_logger"  # what the entry file imports
 API_KEY_ENV = "ROBOFLOW_API_KEY"  # the Deployment sets it from spec.dataLogging.roboflow.apiKeySecretRef
-SERVER_VENV = "/opt/kontinual"  # images/server/Dockerfile
+SERVER_VENV = "/opt/kontinual"  # images/server/Dockerfile and images/operator/Dockerfile
 SERVER_PLUGIN_FILE = f"{SERVER_VENV}/lib/python3.11/site-packages/kontinual/serving/deepsparse_plugin.py"
 
 
@@ -47,7 +47,7 @@ def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: s
     """(the server config's top-level `loggers` mapping, the endpoint's `data_logging` mapping)."""
     rf = data_logging.roboflow
     logger: dict[str, Any] = {
-        "path": f"{logger_file or SERVER_PLUGIN_FILE}:{LOGGER_CLASS}",
+        "path": f"{logger_file or plugin_file()}:{LOGGER_CLASS}",
         "endpoint": endpoint,
         "model_version": str(model_version),
         "workspace": rf.workspace,

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from kontinual import builders, logging_config, spec as specs, yamlio
+from kontinual import builders, spec as specs, yamlio
 
 CLASS_NAMES = ["ball", "goalkeeper", "player", "referee"]
 READY_TIMEOUT = 120.0
@@ -60,11 +60,8 @@ class DeepSparseServer:
         self.spec = specs.parse(cr)
         self.config = builders.server_config(self.spec)
         # Test-only knobs (shorter back-off, fewer workers) go through the same logger kwargs.
-        if self.spec.data_logging:
-            # The rendered path is the logger's file in the server image; this process's venv
-            # has the same file elsewhere. Test-only knobs (back-off, workers) are logger kwargs too.
-            self.config["loggers"]["roboflow"].update(path=f"{logging_config.plugin_file()}:RoboflowLogger",
-                                                      **logger_overrides)
+        if logger_overrides:  # test-only knobs (back-off, workers) are logger kwargs too
+            self.config["loggers"]["roboflow"].update(logger_overrides)
         self.workdir = workdir
         self.config_file = workdir / f"{self.spec.name}-server.yaml"
         self.config_file.write_text(yamlio.dump(self.config))

@@ -43,7 +43,7 @@ def test_builder_renders_logger_entry_without_secret(tmp_path: Path) -> None:
     config = builders.server_config(spec)
     logger = config["loggers"][LOGGER_NAME]
     file, _, cls = logger["path"].rpartition(":")
-    assert (file, cls) == (SERVER_PLUGIN_FILE, "RoboflowLogger")  # the same wherever it is rendered
+    assert (file, cls) == (plugin_file(), "RoboflowLogger") and Path(file).is_file()
     assert (logger["frequency"], logger["max_per_minute"], logger["upload_predictions"]) == (100, 1000, True)
     assert (logger["workspace"], logger["project"], logger["split"]) == ("acme", PROJECT, "valid")
     assert logger["class_names"] == CLASS_NAMES and logger["api_key_env"] == "ROBOFLOW_API_KEY"
@@ -54,11 +54,13 @@ def test_builder_renders_logger_entry_without_secret(tmp_path: Path) -> None:
     assert "apiKey" not in str(config) and "secret" not in str(config).lower()
 
 
-def test_plugin_file_is_where_the_server_image_installs_kontinual() -> None:
-    """SERVER_PLUGIN_FILE is a fact about images/server/Dockerfile: check the Dockerfile still says so."""
-    dockerfile = (Path(__file__).resolve().parents[2] / "images" / "server" / "Dockerfile").read_text()
-    assert f"python -m venv {SERVER_VENV}" in dockerfile and "ARG PYTHON_IMAGE=python:3.11" in dockerfile
-    assert f"{SERVER_VENV}/bin/pip install" in dockerfile and '".[server]"' in dockerfile  # not editable
+def test_operator_and_server_images_install_kontinual_in_the_same_place() -> None:
+    """The operator renders the plugin path from its own install: both images must put kontinual at SERVER_VENV."""
+    images = Path(__file__).resolve().parents[2] / "images"
+    for image in ("server", "operator"):
+        dockerfile = (images / image / "Dockerfile").read_text()
+        assert f"python -m venv {SERVER_VENV}" in dockerfile and "ARG PYTHON_IMAGE=python:3.11" in dockerfile, image
+        assert f"{SERVER_VENV}/bin/pip install -c /tmp/constraints.txt \".[" in dockerfile, image  # not editable
     local = Path(plugin_file())
     assert local.is_file() and SERVER_PLUGIN_FILE.endswith("/site-packages/" + "/".join(local.parts[-3:]))
     assert "from kontinual.serving.roboflow_logger import RoboflowLogger" in local.read_text()
