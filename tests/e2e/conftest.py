@@ -52,10 +52,12 @@ def unavailable(reason: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     started = time.monotonic()
+    capture = request.config.pluginmanager.getplugin("capturemanager")
     try:
-        bin_dir = ensure_binaries()
+        with capture.global_and_fixture_disabled():  # a cold build takes minutes: show its progress live
+            bin_dir = ensure_binaries()
     except ToolchainUnavailable as error:
         unavailable(str(error))
     TIMINGS["binaries (build or cache)"] = time.monotonic() - started
