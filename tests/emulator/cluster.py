@@ -1,10 +1,10 @@
 """The emulator harness: an API server on 127.0.0.1, a kubeconfig for it, a client, and kopf in-process.
 
-Why kopf runs in-process (a task in the test's event loop) and not as `kontinual operator` in a
-subprocess: the tests then count handler invocations and API requests exactly, start in well
-under a second, and need no port or process cleanup; the operator still talks to the server
-only over real HTTP through the kubeconfig (kopf's aiohttp client and `kontinual.k8s`'s
-kubernetes client, whose sync calls kopf runs in its executor threads), exactly as in a cluster.
+Why kopf runs in-process (in a thread with its own event loop) and not as `kontinual operator` in
+a subprocess: the tests then see every API request exactly, start in well under a second and
+need no port or process cleanup; the operator still talks to the server only over real HTTP
+through the kubeconfig (kopf's aiohttp client and `kontinual.k8s`'s kubernetes client, whose sync
+calls kopf runs in its executor threads), exactly as in a cluster.
 The benchmark (benchmarks/reconcile.py) runs the real `kontinual operator` process instead, so that
 its peak RSS is the operator's alone.
 """
@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -225,10 +226,14 @@ async def running_cluster() -> AsyncIterator[Cluster]:
 
 @contextlib.asynccontextmanager
 async def running_operator(registry: Any, kubeconfig: pathlib.Path, startup_timeout: float = 20.0,
-                           **kwargs: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """Run kopf with `registry` cluster-wide and standalone in this loop, logged in via `kubeconfig`."""
-    import kopf
+                           **kwargs: Any) -> AsyncIterator[threading.Thread]:
+    """Run kopf with `registry` cluster-wide and standalone, logged in via `kubeconfig`.
 
+    kopf gets its own event loop in a thread (as kopf.testing.KopfRunner does): at shutdown kopf
+    treats every task of its loop as its own and waits 5 s for them before cancelling them, which
+    in a shared loop would include the API server's request handlers.
+    """
+    import kopf
     import kubernetes.config
     import kubernetes.config.kube_config
 
@@ -239,27 +244,32 @@ async def running_operator(registry: Any, kubeconfig: pathlib.Path, startup_time
     os.environ["KUBECONFIG"] = str(kubeconfig)
     kubernetes.config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
     kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(kopf.operator(
-        registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready, **kwargs))
+    stop, ready = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
+                                      stop_flag=stop, ready_flag=ready, **kwargs))
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+
+    thread = threading.Thread(target=main, name="kopf-operator", daemon=True)
+    thread.start()
     try:
-        done, _ = await asyncio.wait([task, asyncio.create_task(ready.wait())], timeout=startup_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # re-raise why the operator exited during startup
-            raise AssertionError("the operator exited during startup")
-        if not ready.is_set():
-            raise AssertionError(f"the operator was not ready within {startup_timeout}s")
-        yield task
+        await wait_for(lambda: ready.is_set() or not thread.is_alive(), startup_timeout,
+                       what="the operator to start")
+        if not thread.is_alive():
+            raise AssertionError(f"the operator exited during startup: {failure!r}")
+        yield thread
     finally:
         stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=15)
-        except (asyncio.CancelledError, TimeoutError):
-            task.cancel()
+        await asyncio.to_thread(thread.join, 30)
         if old[0] is None:
             os.environ.pop("KUBECONFIG", None)
         else:
             os.environ["KUBECONFIG"] = old[0]
         kubernetes.config.KUBE_CONFIG_DEFAULT_LOCATION = old[1]
         kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old[1]
+    if failure and not isinstance(failure[0], asyncio.CancelledError):
+        raise AssertionError("the operator failed") from failure[0]
