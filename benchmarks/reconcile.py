@@ -123,7 +123,7 @@ async def start_operator(cluster: Cluster, log: Any) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def run(count: int, singles: int) -> dict[str, Any]:
+async def run(count: int, singles: int, keep_log: bool = False) -> dict[str, Any]:
     async with running_cluster() as cluster:
         watch = Stopwatch(cluster)
         with tempfile.NamedTemporaryFile("w+b", prefix="kontinual-operator-", suffix=".log", delete=False) as log:
@@ -150,8 +150,10 @@ async def run(count: int, singles: int) -> dict[str, Any]:
                     await asyncio.to_thread(proc.wait, 30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        if os.environ.get("KEEP_LOG"): print("operator log:", log.name)
-        else: os.unlink(log.name)
+        if keep_log:
+            print(f"operator log: {log.name}")
+        else:
+            os.unlink(log.name)
     singles_d, batch_d = watch.durations(single_keys), watch.durations(list(batch_keys))
     return {
         "single": {"n": len(singles_d), "p50": statistics.median(singles_d), "p95": percentile(singles_d, 0.95)},
@@ -165,8 +167,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="objects created at once in phase 2")
     parser.add_argument("--singles", type=int, default=10, help="objects created one at a time in phase 1")
+    parser.add_argument("--keep-log", action="store_true", help="keep the operator's log file and print its path")
     args = parser.parse_args()
-    result = asyncio.run(run(args.count, args.singles))
+    result = asyncio.run(run(args.count, args.singles, args.keep_log))
     single, batch = result["single"], result["batch"]
     print(f"kontinual reconcile benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, emulated API server (tests/emulator)")
