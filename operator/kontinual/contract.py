@@ -50,8 +50,12 @@ class TrainingResult:
         return text
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainingResult":
-        """Parse a result; a text that is not a result raises ResultError naming why."""
+    def from_json(cls, text: str, *, strict: bool = True) -> "TrainingResult":
+        """Parse a result; a text that is not a result raises ResultError naming why.
+
+        `strict=False` accepts a Succeeded result with missing fields, for a reader (the
+        operator's gate) that rejects such a model with its own reason rather than losing it.
+        """
         try:
             data: Any = json.loads(text)
         except (TypeError, json.JSONDecodeError) as exc:
@@ -63,7 +67,7 @@ class TrainingResult:
             raise ResultError(f"result status must be {SUCCEEDED!r} or {FAILED!r}, got {status!r}")
         known = set(cls.__dataclass_fields__)
         result = cls(**{k: v for k, v in data.items() if k in known})
-        if result.succeeded:
+        if result.succeeded and strict:
             missing = [k for k in ("version", "onnx", "sha256") if not getattr(result, k)]
             if missing:
                 raise ResultError(f"a Succeeded result needs {', '.join(missing)}")

@@ -61,6 +61,8 @@ def _emit(body: Any, outcome: Outcome) -> None:
 
 def _run(body: kopf.Body, *, announce: bool) -> None:
     outcome = reconcile(body, _State.settings)
+    if outcome.body is None:
+        return  # deleted meanwhile
     _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
     _emit(body, outcome)
     if outcome.invalid:
@@ -87,7 +89,8 @@ def on_delete(name: str, namespace: str, uid: str, **_: Any) -> None:
     log.info("%s/%s deleted; its children are garbage-collected by Kubernetes", namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=15, initial_delay=15, idle=5, registry=registry)
+# Wakes often but reconciles only every KONTINUAL_RESYNC_SECONDS: kopf fixes the interval at import.
+@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=5, registry=registry)
 def resync(body: kopf.Body, uid: str, **_: Any) -> None:
     """Repair drift no watch event told us about (e.g. a ConfigMap edited by hand)."""
     last = _State.last_reconciled.get(uid, 0.0)
@@ -99,12 +102,12 @@ def _on_child(event: dict[str, Any], namespace: str, labels: dict[str, str]) -> 
     parent = labels.get(MODEL_LABEL)
     if not parent:
         return
-    body = k8s.get("ContinualModel", namespace, parent)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
+    body = {"metadata": {"namespace": namespace, "name": parent}}
     outcome = reconcile(body, _State.settings)
-    _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
-    _emit(body, outcome)
+    if outcome.body is None:
+        return  # the ContinualModel is gone or going
+    _State.last_reconciled[outcome.body["metadata"]["uid"]] = time.monotonic()
+    _emit(outcome.body, outcome)
     if outcome.error:
         log.warning("%s/%s: %s", namespace, parent, outcome.error)
 

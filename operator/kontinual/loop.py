@@ -116,9 +116,11 @@ def judge(spec: Spec, result: TrainingResult, version: int, current: Mapping[str
     return Verdict(False, "GateRejected", f"{gate.metric} {value:.4f} < {base:.4f} + {gate.min_delta} (serving model)")
 
 
-def model_record(result: TrainingResult, job: str, finished_at: str, verdict: Verdict) -> dict[str, Any]:
+def model_record(result: TrainingResult, job: str, finished_at: str, verdict: Verdict,
+                 version: int | None = None) -> dict[str, Any]:
+    """The status.models entry of a finished run (`version`: the Job's, whatever the result claims)."""
     return {
-        "version": result.version,
+        "version": version if version is not None else result.version,
         "sha256": result.sha256,
         "metrics": dict(result.metrics or {}),
         "sparsity": result.sparsity,

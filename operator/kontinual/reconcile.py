@@ -6,7 +6,7 @@ import datetime
 import logging
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
@@ -33,6 +33,7 @@ class Outcome:
     error: str | None = None  # an API failure worth retrying
     status: Mapping[str, Any] | None = None
     events: tuple[Event, ...] = ()
+    body: Mapping[str, Any] | None = None  # the object as read for this reconcile (None: gone)
 
 
 def utcnow() -> datetime.datetime:
@@ -60,10 +61,19 @@ def forget(namespace: str, name: str) -> None:
 
 
 def reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
+    """Reconcile one ContinualModel, serialised per object and always from a fresh read.
+
+    Handlers hand in the body kopf last saw, which can predate the status the previous reconcile
+    just wrote; deciding on it could record a finished training run twice. So under the object's
+    lock the object is read again, and that read includes every status write made before.
+    """
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
     with lock_for(namespace, name):
-        return _reconcile(body, settings)
+        fresh = k8s.get("ContinualModel", namespace, name)
+        if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+            return Outcome()
+        return replace(_reconcile(fresh, settings), body=fresh)
 
 
 def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget) -> dict[str, Any] | None:
@@ -150,6 +160,19 @@ def _pruned(value: Any) -> Any:
     return value
 
 
+def _replacing(previous: Any, new: Any) -> Any:
+    """A merge patch that makes a nested object exactly `new`: keys it no longer has become null.
+
+    (A plain merge patch would keep, say, the last run's `finishedAt` inside a new `lastRun`.)
+    """
+    if not isinstance(new, Mapping):
+        return new
+    old = previous if isinstance(previous, Mapping) else {}
+    patch = {k: _replacing(old.get(k), v) for k, v in new.items()}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
 def _kept(kept: Mapping[str, Condition], *types: str) -> list[Condition]:
     return [kept[t] for t in types if t in kept]
 
@@ -167,7 +190,8 @@ def _report(namespace: str, name: str, previous: Mapping[str, Any], generation: 
         **fields,
     }
     if any(_pruned(previous.get(k)) != _pruned(v) for k, v in status.items()):
-        k8s.patch_status(namespace, name, status)
+        # Top level: only the fields we own; kopf may keep its own keys in status.
+        k8s.patch_status(namespace, name, {k: _replacing(previous.get(k), v) for k, v in status.items()})
         ready = next(c for c in conditions if c.type == READY)
         log.info("%s/%s: Ready=%s (%s) %s", namespace, name, ready.status, ready.reason, ready.message)
     return status

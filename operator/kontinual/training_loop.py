@@ -67,7 +67,7 @@ def read_result(job: Mapping[str, Any], outcome: str) -> TrainingResult:
             break
     if message:
         try:
-            return TrainingResult.from_json(message)
+            return TrainingResult.from_json(message, strict=False)
         except ResultError as exc:
             if outcome == "Complete":
                 return TrainingResult.failed("ResultInvalid", f"the trainer's result is not valid: {exc}")
@@ -99,7 +99,7 @@ def _record(spec: Spec, state: LoopState, job: Mapping[str, Any], outcome: str, 
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted((result.metrics or {}).items()) if isinstance(v, (int, float)))
     state.events.append(("Normal", "TrainingSucceeded", f"{name}: v{version} {metrics}"))
     verdict = loop.judge(spec, result, version, loop.serving_model(spec, state.models))
-    state.models.append(loop.model_record(result, name, finished, verdict))
+    state.models.append(loop.model_record(result, name, finished, verdict, version))
     last["promoted"] = verdict.promoted
     if verdict.promoted:
         state.events.append(("Normal", "ModelPromoted", f"v{version}: {verdict.message}"))
