@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                         "kube-controller-manager and etcd under ~/.cache/kontinual")
     start = commands.add_parser("up", help="build if needed, start everything, write DIR/admin.kubeconfig")
     start.add_argument("dir", type=Path)
+    start.add_argument("--crd", type=Path, action="append", default=[], metavar="FILE",
+                       help="install this CRD YAML before the controller manager starts (repeatable)")
     stop = commands.add_parser("down", help="stop what `up DIR` started and remove DIR")
     stop.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             print(ensure_binaries())
         elif args.command == "up":
-            plane = up(args.dir.resolve(), ensure_binaries())
+            plane = up(args.dir.resolve(), ensure_binaries(), [f.resolve() for f in args.crd])
             print(f"export KUBECONFIG={plane.kubeconfig}")
         else:
             down(args.dir.resolve())

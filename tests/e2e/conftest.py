@@ -1,11 +1,13 @@
 """The end-to-end tier: a real control plane (tests/cluster) and `kontinual operator` with the chart's RBAC.
 
-Session fixtures: `cluster` builds (first run on a machine only) and starts etcd,
-kube-apiserver and kube-controller-manager on 127.0.0.1 and installs crds/ at once (the
-controller manager's garbage collector only learns about a new CRD at its next 30 s discovery
-pass); `operator` renders the Helm chart's ServiceAccount and RBAC, and runs
-`kontinual operator --all-namespaces` as a separate process authenticated with that
-ServiceAccount's token, so a rule missing from the chart fails the test (`kontinual` fixture).
+The session fixture `cluster` builds (first run on a machine only) and starts etcd,
+kube-apiserver and kube-controller-manager on 127.0.0.1, installing crds/ before the controller
+manager starts (its garbage collector learns about a CRD installed later only at its next 30 s
+discovery pass, which would delay garbage collection of our children). The module fixture `operator` renders the Helm chart's ServiceAccount and RBAC and runs
+`kontinual operator` as a separate process authenticated with that ServiceAccount's token, so a
+rule missing from the chart fails the test (`kontinual` fixture). A test module that sets
+`WATCH_NAMESPACES = [...]` gets the chart's namespaced mode (`watchNamespaces`, a Role per
+namespace) and `kontinual operator --namespace ...`; others get the cluster-wide default.
 The tier is skipped, loudly, only when the control plane cannot be built on this machine;
 KONTINUAL_E2E_REQUIRED=1 turns that skip into a failure.
 """
@@ -27,7 +29,7 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import config
 
 from tests.cluster.build import ToolchainUnavailable, ensure_binaries
 from tests.cluster.plane import down, free_port, kubeconfig_text, up
@@ -63,12 +65,11 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     TIMINGS["binaries (build or cache)"] = time.monotonic() - started
     state = tmp_path_factory.mktemp("control-plane")
     started = time.monotonic()
-    plane = up(state, bin_dir)
+    plane = up(state, bin_dir, crds=[CRD_FILE])
     TIMINGS["control plane up"] = time.monotonic() - started
     try:
         admin = config.new_client_from_config(config_file=plane.kubeconfig)
         handle = Cluster(Path(plane.kubeconfig), plane.server, state / "pki" / "ca.crt", admin, state / "logs")
-        install_crd(handle)
         yield handle
     finally:
         kept = tmp_path_factory.getbasetemp() / "control-plane-logs"
@@ -76,21 +77,11 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         down(state)
 
 
-def install_crd(cluster: Cluster) -> None:
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    extensions = client.ApiextensionsV1Api(cluster.admin)
-    extensions.create_custom_resource_definition(crd)
-
-    def established() -> bool:
-        current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in current.status.conditions or [])
-    wait_for(f"CRD {crd['metadata']['name']} to be Established", established, timeout=30)
-
-
-def render_chart_access() -> list[dict[str, Any]]:
+def render_chart_access(release: str, watch_namespaces: list[str]) -> list[dict[str, Any]]:
     """The chart's ServiceAccount and RBAC, exactly as `helm install` would create them."""
+    scope = ["--set", f"watchNamespaces={{{','.join(watch_namespaces)}}}"] if watch_namespaces else []
     out = subprocess.run(
-        [str(helm_binary()), "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+        [str(helm_binary()), "template", release, str(CHART), "--namespace", OPERATOR_NAMESPACE, *scope,
          "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
         capture_output=True, text=True, check=True, timeout=60).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -108,14 +99,18 @@ class Operator:
         return self.log.read_text(errors="replace")[offset:]
 
 
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    ensure_namespace(cluster, OPERATOR_NAMESPACE)
-    manifests = render_chart_access()
+@pytest.fixture(scope="module")
+def operator(request: pytest.FixtureRequest, cluster: Cluster,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    watched: list[str] = list(getattr(request.module, "WATCH_NAMESPACES", []))
+    release = f"{RELEASE}-scoped" if watched else RELEASE
+    for namespace in [OPERATOR_NAMESPACE, *watched]:
+        ensure_namespace(cluster, namespace)
+    manifests = render_chart_access(release, watched)
     apply_manifests(cluster.admin, manifests)
     account = next(m for m in manifests if m["kind"] == "ServiceAccount")["metadata"]["name"]
     token = service_account_token(cluster, account)
-    workdir = tmp_path_factory.mktemp("operator")
+    workdir = tmp_path_factory.mktemp(f"operator-{release}")
     kubeconfig = workdir / "operator.kubeconfig"
     kubeconfig.write_text(kubeconfig_text(cluster.server, cluster.ca_file, {"token": token},
                                           f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}"))
@@ -129,17 +124,18 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
            "KONTINUAL_RESYNC_SECONDS": "3600"}
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([*command, "operator", "--all-namespaces", "--health-port", str(health)],
+        scope = [arg for namespace in watched for arg in ("--namespace", namespace)] or ["--all-namespaces"]
+        process = subprocess.Popen([*command, "operator", *scope, "--health-port", str(health)],
                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)
     handle = Operator(process, log_path, account)
     try:
         wait_for("the operator's liveness endpoint", lambda: operator_alive(handle, health), timeout=60,
                  diagnose=lambda: handle.log_text()[-3000:])
-        TIMINGS["operator started"] = time.monotonic() - started
+        TIMINGS[f"operator ({' '.join(scope)}) started"] = time.monotonic() - started
         yield handle
     finally:
         stop_process(process)
-        shutil.copy(log_path, tmp_path_factory.getbasetemp() / "operator.log")
+        shutil.copy(log_path, tmp_path_factory.getbasetemp() / f"operator-{request.module.__name__}.log")
 
 
 def operator_alive(handle: Operator, port: int) -> bool:

@@ -14,6 +14,9 @@ from tests.e2e.kube import (GROUP, PLURAL, VERSION, Cluster, condition, ensure_n
 from tests.support.crd import EXAMPLES
 
 NAMESPACE = "e2e-serving"
+# This module runs the chart's namespaced mode: a Role in this namespace, `--namespace e2e-serving`.
+WATCH_NAMESPACES = [NAMESPACE]
+UNWATCHED = "e2e-unwatched"
 NAME = "demo"
 MODEL_LABELS = {"app.kubernetes.io/managed-by": "kontinual", "app.kubernetes.io/instance": NAME,
                 f"{GROUP}/model": NAME}
@@ -63,7 +66,10 @@ def status_of(cluster: Cluster) -> str:
 
 @pytest.fixture(scope="module")
 def model(cluster: Cluster, operator: Operator) -> dict[str, Any]:
-    ensure_namespace(cluster, NAMESPACE)
+    ensure_namespace(cluster, UNWATCHED)
+    outsider = minimal_example()
+    outsider["metadata"]["namespace"] = UNWATCHED
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, UNWATCHED, PLURAL, outsider)
     return cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, minimal_example())
 
 
@@ -94,6 +100,9 @@ def test_status_is_written_through_the_status_subresource(cluster: Cluster, kont
     assert condition(current, "Available")["status"] == "False"  # pods stay Pending: no scheduler, no kubelet
     assert condition(current, "Ready")["status"] == "False"
     assert current["status"]["serving"]["url"].startswith(f"http://{NAME}-server.{NAMESPACE}.svc:5543/")
+    outsider = get_model(cluster, UNWATCHED, NAME) or {}
+    assert "status" not in outsider, "the namespaced operator reconciled a namespace it does not watch"
+    assert not cluster.core.list_namespaced_config_map(UNWATCHED, label_selector=f"{GROUP}/model={NAME}").items
 
 
 def test_pods_reported_ready_make_the_model_available(cluster: Cluster, kontinual: Operator,
