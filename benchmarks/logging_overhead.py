@@ -8,12 +8,14 @@ Runs the server three ways, one after another, with the config Kontinual's build
 Each gets the same warm-up and then the same 200 JPEG requests, sent one at a time to the
 from_files route. Prints p50/p99 latency, their ratio to run 1, failed requests and dropped samples.
 
---mode sequential (default) runs the three servers one after another: the honest comparison on
-a quiet machine. --mode interleaved starts all three and sends request i to each in turn, so a
-machine whose background load drifts (a shared CI box) loads all three alike; the logging
-servers' upload threads then also slow the baseline a little, so it understates the overhead.
+--mode interleaved (default) starts the servers side by side (plus a second baseline) and sends
+request i to each in turn, so drift in the machine's background load (a shared CI box) hits all
+of them alike; the second baseline's ratio shows the noise that is left. The logging servers'
+upload threads then also take some CPU from the others, so this slightly understates the
+overhead on an otherwise idle machine. --mode sequential runs them one after another, then the
+baseline again: the cleaner comparison on a quiet machine.
 
-    .venv/bin/python benchmarks/logging_overhead.py [--requests 200] [--size 320] [--mode interleaved]
+    .venv/bin/python benchmarks/logging_overhead.py [--requests 200] [--size 320] [--mode sequential]
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--size", type=int, default=320, help="request image width (height is 3/4 of it)")
     parser.add_argument("--cfg", default="yolov5n.yaml")
-    parser.add_argument("--mode", choices=("sequential", "interleaved"), default="sequential")
+    parser.add_argument("--mode", choices=("sequential", "interleaved"), default="interleaved")
     args = parser.parse_args()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with tempfile.TemporaryDirectory(prefix="kontinual-bench-") as tmp:
@@ -117,11 +119,16 @@ def main() -> None:
             runs = [("no logging", cr(rf, data_logging=False)), ("frequency 1, Roboflow 500 ms", cr(rf)),
                     ("frequency 1, Roboflow down", cr(dead))]
             if args.mode == "interleaved":
+                # A second, identical baseline server: its ratio to the first shows the residual noise.
+                runs.append(("no logging, second server (noise check)", cr(rf, data_logging=False)))
                 results = _interleaved(runs, rf, images, work)
             else:
                 results = [_run(runs[0][0], runs[0][1], rf.api_key, images, work)]
                 rf.latency = 0.5
                 results += [_run(label, body, rf.api_key, images, work) for label, body in runs[1:]]
+                rf.latency = 0.0
+                # The baseline once more, last: how far the machine's own drift moves the numbers.
+                results.append(_run("no logging, again (noise check)", runs[0][1], rf.api_key, images, work))
             uploads_slow = len(rf.uploads)
     base_p50, base_p99 = results[0]["p50"], results[0]["p99"]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -135,7 +142,7 @@ def main() -> None:
         print(f"| {r['label']} | {r['p50'] * 1000:.1f} | {r['p99'] * 1000:.1f} | {r['p50'] / base_p50:.2f} | "
               f"{r['p99'] / base_p99:.2f} | {r['failed']} | {r['dropped'] if r['counters'] else '-'} |")
     print(f"\nuploads the 500 ms double received: {uploads_slow}")
-    for r in results[1:]:
+    for r in results[1:3]:
         c = r["counters"]
         print(f"{r['label']}: sampled {c.get('sampled', 0):.0f}, uploaded {c.get('uploaded', 0):.0f}, "
               f"failed {c.get('failed', 0):.0f}, retried {c.get('retried', 0):.0f}, "
