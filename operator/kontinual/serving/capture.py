@@ -8,10 +8,10 @@ retry back-off all happen on the worker threads. A dead or slow Roboflow only fi
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import socket
-import os
 import threading
 import time
 from collections import deque
