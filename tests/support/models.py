@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import threading
@@ -57,6 +58,7 @@ def build_yolo_onnx(path: Path, *, cfg: str = "yolov5n.yaml", nc: int = 4, image
         if cached is None or not cached.is_file():
             if _CACHE_DIR is None:
                 _CACHE_DIR = Path(tempfile.mkdtemp(prefix="kontinual-onnx-"))
+                atexit.register(shutil.rmtree, _CACHE_DIR, True)
             cached = _CACHE_DIR / f"{Path(cfg).stem}-nc{nc}-s{image_size}-c{confident_class}.onnx"
             _export(cached, cfg, nc, image_size, confident_class)
             _CACHE[key] = cached
