@@ -20,7 +20,9 @@ kmock's HTTP server, discovery, request log (`server.requests`) and object histo
 - the status subresource: the main endpoint ignores status, `/status` changes only status;
 - finalizers and deletionTimestamp (no new finalizers on a deleting object), then DELETED;
 - background garbage collection through ownerReferences (uid), like kube-controller-manager's;
-- name, label and ConfigMap-data validation (422), AlreadyExists (409), NotFound (404) Status bodies.
+- name, label and ConfigMap-data validation (422), AlreadyExists (409), NotFound (404) Status bodies;
+- optional per-resource admission: the harness plugs in the ContinualModel CRD's structural schema
+  (pruning, defaulting, validation), since kmock registers custom resources without one.
 
 There are still no controllers: nothing creates ReplicaSets or Pods or fills a Deployment's
 status; tests play the Deployment controller explicitly (`Cluster.roll_out`).
@@ -79,6 +81,9 @@ class ApiServer(kmock.KubernetesEmulator):
     event_log_size: int = 20000
     # Called synchronously with (resource, event) for every change, e.g. to timestamp it exactly.
     listeners: list[Callable[[kmock.resource, Event], None]] = attrs.field(factory=list)
+    # Per resource: the CRD's structural schema at work (prune, default, validate). It gets the whole
+    # object about to be stored and returns what to store, or raises ValueError (-> 422 Invalid).
+    admission: dict[kmock.resource, Callable[[dict[str, Any]], dict[str, Any]]] = attrs.field(factory=dict)
     _revision: int = attrs.field(default=0, init=False)
     _log: collections.deque[tuple[int, kmock.resource, Event]] = attrs.field(init=False)
     _log_floor: int = attrs.field(default=0, init=False)  # newest resourceVersion dropped from the log
@@ -259,6 +264,7 @@ class ApiServer(kmock.KubernetesEmulator):
             body["kind"] = info.kind
             if "status" in info.subresources:
                 body.pop("status", None)
+            body = self._admit(request, info, body)
             self._store(key, body)
             self._uids.add(meta["uid"])
             self._emit(request.resource, "ADDED", body)
@@ -331,6 +337,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 raise _error(422, "Invalid", f"metadata.finalizers: Forbidden: no new finalizers can be added "
                                              f"if the object is being deleted, found new finalizers {sorted(added)}")
         self._validate(request, info, wanted)
+        wanted = self._admit(request, info, wanted)
+        meta = wanted["metadata"]
         if wanted == current:
             return current  # a no-op write: same resourceVersion, no event
         if any(wanted.get(k) != current.get(k) for k in set(wanted) | set(current)
@@ -393,6 +401,18 @@ class ApiServer(kmock.KubernetesEmulator):
         refs = obj["metadata"].get("ownerReferences") or []
         if refs and not any(ref.get("uid") in self._uids for ref in refs):
             self._delete(key, obj)
+
+    def _admit(self, request: kmock.Request, info: kmock.ResourceInfo, body: dict[str, Any]) -> dict[str, Any]:
+        admit = self.admission.get(request.resource)  # type: ignore[arg-type]
+        if admit is None:
+            return body
+        try:
+            return admit(body)
+        except ValueError as exc:
+            name = (body.get("metadata") or {}).get("name")
+            assert request.resource is not None
+            raise _error(422, "Invalid", f'{info.kind}.{request.resource.group} "{name}" is invalid: {exc}',
+                         name=name, kind=info.kind) from None
 
     def _validate(self, request: kmock.Request, info: kmock.ResourceInfo, body: dict[str, Any]) -> None:
         errors = semantics.validation_errors(body, info.kind or "")

@@ -82,6 +82,42 @@ def register_kinds(server: ApiServer) -> None:
             categories=set(kind.categories))
 
 
+def crd_admission() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What the API server does with a ContinualModel per crds/: prune unknown fields, default, validate."""
+    from tests.support import crd
+
+    root = crd.schema()
+
+    def admit(obj: dict[str, Any]) -> dict[str, Any]:
+        pruned = {k: (v if k == "metadata" else prune(v, root["properties"][k]))
+                  for k, v in obj.items() if k in root["properties"]}
+        problems = crd.errors(pruned, strict=False)
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems))
+        return crd.apply_defaults(pruned)
+    return admit
+
+
+def prune(value: Any, node: Mapping[str, Any]) -> Any:
+    """Structural pruning: drop fields the schema does not know, unless it preserves unknown fields."""
+    if isinstance(value, dict):
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        keep_unknown = node.get("x-kubernetes-preserve-unknown-fields") or extra is True
+        out = {}
+        for key, item in value.items():
+            if key in props:
+                out[key] = prune(item, props[key])
+            elif isinstance(extra, dict):
+                out[key] = prune(item, extra)
+            elif keep_unknown:
+                out[key] = item
+        return out
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [prune(item, node["items"]) for item in value]
+    return value
+
+
 def write_kubeconfig(url: str, directory: pathlib.Path) -> pathlib.Path:
     path = directory / "kubeconfig"
     path.write_text(json.dumps({  # JSON is YAML: no yaml dependency needed here
@@ -218,6 +254,7 @@ async def running_cluster() -> AsyncIterator[Cluster]:
     with tempfile.TemporaryDirectory(prefix="kontinual-emulator-") as tmp:
         async with ApiServer() as server, kmock.Server(server, host="127.0.0.1") as http:
             register_kinds(server)
+            server.admission[KINDS["continualmodels"].resource] = crd_admission()
             url = str(http.url).rstrip("/")
             kubeconfig = write_kubeconfig(url, pathlib.Path(tmp))
             async with aiohttp.ClientSession() as session:

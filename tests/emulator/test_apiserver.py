@@ -61,15 +61,31 @@ async def test_label_selectors_filter_lists_and_watches(api: Cluster) -> None:
     assert [e["object"]["metadata"]["name"] for e in events] == ["theirs"]
 
 
+def continual_model(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "kontinual.io/v1alpha1", "kind": "ContinualModel",
+            "metadata": {"name": "m", "namespace": "ns"}, "spec": {"model": {"uri": "zoo:a"}, **spec}}
+
+
 async def test_status_subresource_and_generation(api: Cluster) -> None:
-    await api.create({"apiVersion": "kontinual.io/v1alpha1", "kind": "ContinualModel",
-                      "metadata": {"name": "m", "namespace": "ns"}, "spec": {"a": 1}, "status": {"x": 1}})
+    await api.create({**continual_model(), "status": {"observedGeneration": 1}})
     cr = await api.get("continualmodels", "ns", "m")
     assert "status" not in cr and cr["metadata"]["generation"] == 1
-    cr = await api.patch("continualmodels", "ns", "m", {"spec": {"a": 2}, "status": {"x": 2}})
+    cr = await api.patch("continualmodels", "ns", "m", {"spec": {"model": {"uri": "zoo:b"}}, "status": {"observedGeneration": 2}})
     assert (cr["metadata"]["generation"], cr.get("status")) == (2, None)
-    cr = await api.patch("continualmodels", "ns", "m", {"spec": {"a": 3}, "status": {"x": 3}}, subresource="status")
-    assert (cr["spec"], cr["status"], cr["metadata"]["generation"]) == ({"a": 2}, {"x": 3}, 2)
+    cr = await api.patch("continualmodels", "ns", "m", {"spec": {"model": {"uri": "zoo:c"}}, "status": {"observedGeneration": 3}},
+                         subresource="status")
+    assert (cr["spec"]["model"]["uri"], cr["status"], cr["metadata"]["generation"]) == ("zoo:b", {"observedGeneration": 3}, 2)
+
+
+async def test_the_crd_schema_prunes_defaults_and_validates(api: Cluster) -> None:
+    created = await api.create(continual_model(typo={"x": 1}))
+    assert "typo" not in created["spec"]  # pruned, as a structural schema does
+    assert created["spec"]["serving"]["replicas"] == 1  # defaulted from the CRD
+    with pytest.raises(ApiError) as invalid:
+        await api.create({**continual_model(training={"recipe": {"configMapRef": {"name": "r", "key": "k"},
+                                                                  "uri": "https://example.com/r.yaml"}}),
+                          "metadata": {"name": "both", "namespace": "ns"}})
+    assert invalid.value.status == 422 and "spec.training.recipe" in invalid.value.body["message"]
 
 
 async def test_preconditions_conflict(api: Cluster) -> None:
