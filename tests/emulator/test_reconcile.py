@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.emulator.cluster import Cluster, condition, wait_for
+from tests.emulator.cluster import Cluster, condition, running_operator, wait_for
 
 MODEL_URI = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
 FINALIZER = "kontinual.io/finalizer"
@@ -203,3 +204,22 @@ async def test_deleting_the_model_releases_the_finalizer(cluster: Cluster) -> No
     # The emulator garbage-collects by ownerReference uid, as kube-controller-manager would.
     assert await cluster.list("deployments", ns) == []
     assert await cluster.list("configmaps", ns) == []
+
+
+async def test_changes_made_while_the_operator_was_down_are_reconciled_on_resume(
+        api: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kontinual.handlers import registry
+
+    monkeypatch.setenv("KONTINUAL_SERVER_IMAGE", "kontinual/server:test")
+    ns = "t-resume"
+    async with running_operator(registry, api.kubeconfig):
+        await api.create(continual_model("demo", ns))
+        await cr_where(api, ns, "demo", "Reconciled", "True")
+    # Down: the spec changes and the Deployment is deleted by hand.
+    await api.patch("continualmodels", ns, "demo", {"spec": {"serving": {"replicas": 2}}})
+    await api.delete("deployments", ns, "demo-server")
+    async with running_operator(registry, api.kubeconfig):
+        cr = await cr_where(api, ns, "demo", "Reconciled", "True")
+        assert cr["status"]["observedGeneration"] == 2
+        deployment = await wait_for(lambda: api.get("deployments", ns, "demo-server"), what="the Deployment back")
+        assert deployment["spec"]["replicas"] == 2
