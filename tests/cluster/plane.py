@@ -11,6 +11,8 @@ processes recorded in `state.json` (and only those) and removes the directory.
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -59,10 +61,10 @@ def free_port() -> int:
 
 def make_pki(pki: Path) -> None:
     """CA, apiserver serving cert (127.0.0.1, localhost, kubernetes.default), admin client cert, SA key."""
-    pki.mkdir(parents=True, exist_ok=True)
-    ssl_cmd = ["openssl"]
     if not shutil.which("openssl"):
         raise ControlPlaneFailed("openssl is needed to create the control plane's certificates")
+    pki.mkdir(parents=True, exist_ok=True)
+    ssl_cmd = ["openssl"]
 
     def key(name: str) -> str:
         path = str(pki / f"{name}.key")
@@ -111,11 +113,19 @@ def admin_kubeconfig(server: str, pki: Path) -> str:
         "client-certificate-data": data("admin.crt"), "client-key-data": data("admin.key")}, "admin")
 
 
-def start(name: str, argv: list[str], logs: Path) -> subprocess.Popen[bytes]:
-    """Starts one process in its own session so it outlives a CLI `up` and is stopped by `down`."""
-    out = open(logs / f"{name}.log", "wb")
-    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+def exit_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def start(name: str, argv: list[str], logs: Path, die_with_parent: bool) -> subprocess.Popen[bytes]:
+    """Starts one process in its own session (a terminal's Ctrl-C goes to the parent, which then
+    runs `down`); with `die_with_parent` it also stops if the parent is killed outright."""
+    with open(logs / f"{name}.log", "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True,
+                                preexec_fn=exit_with_parent if die_with_parent else None)
 
 
 def wait_until(name: str, proc: subprocess.Popen[bytes], logs: Path,
@@ -156,11 +166,14 @@ def https_get(url: str, pki: Path) -> tuple[int, bytes]:
     return https_request("GET", url, pki)
 
 
-def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = ()) -> ControlPlane:
+def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = (), *,
+       die_with_parent: bool = False) -> ControlPlane:
     """Starts the control plane in `state_dir` (created; must not hold a running one).
 
     `crds` (YAML files) are installed before the controller manager starts, so its garbage
     collector knows their kinds from the start (it rediscovers new kinds only every 30 s).
+    `die_with_parent` (for test fixtures) stops everything if the calling process is killed
+    without running `down`; the CLI's `up` leaves it off, its processes outlive it by design.
     """
     if (state_dir / "state.json").exists():
         raise ControlPlaneFailed(f"{state_dir} already holds a control plane; run `down` first")
@@ -181,7 +194,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = ()) -> ControlPlan
             "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
             "--initial-cluster", f"kontinual-test=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync", "--log-level", "warn"], logs)
+            "--unsafe-no-fsync", "--log-level", "warn"], logs, die_with_parent)
         record(plane, procs)
 
         def etcd_ready() -> bool:
@@ -201,7 +214,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = ()) -> ControlPlan
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--api-audiences", "https://kubernetes.default.svc",
             "--service-cluster-ip-range", SERVICE_CIDR, "--allow-privileged",
-            "--profiling=false", "--v", "1"], logs)
+            "--profiling=false", "--v", "1"], logs, die_with_parent)
         record(plane, procs)
         api_ready = wait_until("kube-apiserver", procs["kube-apiserver"], logs,
                                lambda: https_get(f"{server}/readyz", pki) == (200, b"ok"))
@@ -218,7 +231,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = ()) -> ControlPlan
             "--controllers", ",".join(CONTROLLERS), "--leader-elect=false",
             "--port", "0", "--secure-port", "0",
             "--service-account-private-key-file", str(pki / "sa.key"),
-            "--root-ca-file", str(pki / "ca.crt"), "--profiling=false", "--v", "1"], logs)
+            "--root-ca-file", str(pki / "ca.crt"), "--profiling=false", "--v", "1"], logs, die_with_parent)
         record(plane, procs)
         # Ready = the serviceaccount and token controllers made `default`'s token Secret.
         cm_ready = wait_until("kube-controller-manager", procs["kube-controller-manager"], logs,

@@ -3,11 +3,12 @@
 The session fixture `cluster` builds (first run on a machine only) and starts etcd,
 kube-apiserver and kube-controller-manager on 127.0.0.1, installing crds/ before the controller
 manager starts (its garbage collector learns about a CRD installed later only at its next 30 s
-discovery pass, which would delay garbage collection of our children). The module fixture `operator` renders the Helm chart's ServiceAccount and RBAC and runs
-`kontinual operator` as a separate process authenticated with that ServiceAccount's token, so a
-rule missing from the chart fails the test (`kontinual` fixture). A test module that sets
-`WATCH_NAMESPACES = [...]` gets the chart's namespaced mode (`watchNamespaces`, a Role per
-namespace) and `kontinual operator --namespace ...`; others get the cluster-wide default.
+discovery pass, which would delay garbage collection of our children). The module fixture
+`operator` renders the Helm chart's ServiceAccount and RBAC and runs `kontinual operator` as a
+separate process authenticated with that ServiceAccount's token, so a rule missing from the
+chart fails the test (`kontinual` fixture). A test module that sets `WATCH_NAMESPACES = [...]`
+gets the chart's namespaced mode (`watchNamespaces`, a Role per namespace) and
+`kontinual operator --namespace ...`; others get the cluster-wide default.
 The tier is skipped, loudly, only when the control plane cannot be built on this machine;
 KONTINUAL_E2E_REQUIRED=1 turns that skip into a failure.
 """
@@ -32,7 +33,7 @@ import yaml
 from kubernetes import config
 
 from tests.cluster.build import ToolchainUnavailable, ensure_binaries
-from tests.cluster.plane import down, free_port, kubeconfig_text, up
+from tests.cluster.plane import down, exit_with_parent, free_port, kubeconfig_text, up
 from tests.e2e.kube import Cluster, apply_manifests, ensure_namespace, wait_for
 from tests.support.tools import helm_binary
 
@@ -65,7 +66,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     TIMINGS["binaries (build or cache)"] = time.monotonic() - started
     state = tmp_path_factory.mktemp("control-plane")
     started = time.monotonic()
-    plane = up(state, bin_dir, crds=[CRD_FILE])
+    plane = up(state, bin_dir, crds=[CRD_FILE], die_with_parent=True)
     TIMINGS["control plane up"] = time.monotonic() - started
     try:
         admin = config.new_client_from_config(config_file=plane.kubeconfig)
@@ -126,7 +127,8 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
     with open(log_path, "wb") as log_file:
         scope = [arg for namespace in watched for arg in ("--namespace", namespace)] or ["--all-namespaces"]
         process = subprocess.Popen([*command, "operator", *scope, "--health-port", str(health)],
-                                   env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)
+                                   env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
+                                   preexec_fn=exit_with_parent)
     handle = Operator(process, log_path, account)
     try:
         wait_for("the operator's liveness endpoint", lambda: operator_alive(handle, health), timeout=60,
