@@ -250,3 +250,15 @@ def test_missing_flags_fail_with_invalid_arguments(tmp_path: Path) -> None:
     run = run_train(["--dataset-dir", str(tmp_path)], result_file=tmp_path / "result.json")
     assert run.code != 0 and run.result["reason"] == "InvalidArguments"
     assert "--output-dir is required" in run.result["message"] and "--version" in run.result["message"]
+
+
+def test_default_recipe_prunes_and_quantizes_even_in_one_short_epoch(tmp_path: Path, soccer_dataset: Path,
+                                                                      tiny_model_config: Path) -> None:
+    """The built-in recipe's QAT phase (last quarter) falls after the last of 2 steps: still INT8."""
+    run = run_train(["--dataset-dir", str(soccer_dataset), "--output-dir", str(tmp_path), "--version", "1",
+                     "--epochs", "1", "--base-weights", str(tiny_model_config), "--image-size", str(IMAGE_SIZE),
+                     "--batch-size", "8", "--workers", "0"], result_file=tmp_path / "result.json")
+    assert run.code == 0, run.log[-3000:]
+    onnx_file = tmp_path / "v1/model.onnx"
+    assert {n.op_type for n in onnx.load(str(onnx_file)).graph.node} & {"ConvInteger", "QLinearConv"}
+    assert abs(conv_weight_sparsity(onnx_file) - 0.8) <= 0.01  # the default target_sparsity

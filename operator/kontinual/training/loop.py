@@ -14,7 +14,7 @@ import torch
 from kontinual.training import compat
 from kontinual.training.errors import TRAINING_FAILED, TrainingError
 from kontinual.training.model import LoadedModel, conv_sparsity, is_quantized
-from kontinual.training.recipes import Recipe, sparseml_loggers
+from kontinual.training.recipes import Recipe, sparseml_loggers, structure_manager
 
 _LOG = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0  # log a line inside long epochs at most this often
@@ -137,6 +137,12 @@ def train(loaded: LoadedModel, recipe: Recipe, train_images: Path, settings: Tra
     except Exception as exc:  # noqa: BLE001
         raise TrainingError(TRAINING_FAILED, f"finalizing the recipe failed: {type(exc).__name__}: {exc}") from exc
     compat.restore_routing(model, loaded.routing)
+    if recipe.quantizes and not is_quantized(model):
+        # The schedule put QAT after the last step (few steps per epoch): quantize as the recipe asks.
+        _LOG.warning("the recipe's quantization starts after the last training step (%d steps/epoch): "
+                     "quantizing now from calibration only", steps_per_epoch)
+        structure_manager(recipe.text).apply_structure(model, epoch=float("inf"), loggers=sparseml_loggers())
+        compat.restore_routing(model, loaded.routing)
     if is_quantized(model) and qat_steps == 0:
         _calibrate(model, loader, device)
     model.to("cpu").eval()
