@@ -40,6 +40,22 @@ elif name == "kubectl" and "apply" in args and "-o" in args:
 """
 
 
+STUBBED = {"docker", "kind", "kubectl", "helm"}
+
+
+def _system_bin(tmp_path: Path) -> Path:
+    """The system's /usr/bin and /bin minus the stubbed tools (a machine may have a real docker)."""
+    sysbin = tmp_path / "sysbin"
+    if not sysbin.exists():
+        sysbin.mkdir()
+        for directory in (Path("/usr/bin"), Path("/bin")):
+            for entry in directory.iterdir():
+                target = sysbin / entry.name
+                if entry.name not in STUBBED and not target.exists():
+                    target.symlink_to(entry)
+    return sysbin
+
+
 def _run(script: str, tmp_path: Path, *, tools: tuple[str, ...] = ("docker", "kind", "kubectl", "helm"),
          **env: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
     shims = tmp_path / "bin"
@@ -50,7 +66,7 @@ def _run(script: str, tmp_path: Path, *, tools: tuple[str, ...] = ("docker", "ki
     log = tmp_path / "calls.jsonl"
     log.write_text("")
     environment = {
-        "PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "SHIM_LOG": str(log),
+        "PATH": f"{shims}:{_system_bin(tmp_path)}", "HOME": str(tmp_path), "SHIM_LOG": str(log),
         "PYTHONPATH": os.pathsep.join(sys.path),
         "HELM": str(shims / "helm"), "KUBECTL": str(shims / "kubectl"), **env,
     }
@@ -164,6 +180,6 @@ def test_kind_config_is_a_kind_cluster_named_like_up_expects() -> None:
     assert [n["role"] for n in config["nodes"]] == ["control-plane"]
 
 
-@pytest.mark.parametrize("script", ["up.sh", "down.sh"])
+@pytest.mark.parametrize("script", ["up.sh", "down.sh", "smoke-images.sh"])
 def test_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(ROOT / "hack" / script)], check=True)
