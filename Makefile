@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements/test.txt pyproject.toml
+$(STAMP): requirements/test.txt requirements/dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip<26"
 	$(BIN)/python -m pip install -q -r requirements/test.txt -r requirements/dev.txt

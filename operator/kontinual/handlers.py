@@ -34,11 +34,14 @@ class _State:
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf's bookkeeping under our own domain, and no noise Events for every handler run."""
+    """kopf's bookkeeping in status under our own name, and no noise Events for every handler run.
+
+    With status storage the operator writes nothing to a ContinualModel's metadata but its
+    finalizer `kontinual.io/finalizer`, so GitOps tools (Argo CD, Flux) see no drift.
+    """
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kontinual.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kontinual.lastHandledConfiguration")
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
@@ -136,6 +139,11 @@ def on_simple_child(event: dict[str, Any], namespace: str, labels: dict[str, str
 def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int | None) -> int:
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
+    try:
+        k8s.load_config()
+    except Exception as exc:  # noqa: BLE001 - any config failure: say it once and exit, no crash loop of tracebacks
+        log.error("no Kubernetes API to talk to: %s (set KUBECONFIG, or run in a pod with a ServiceAccount)", exc)
+        return 1
     watched = [] if all_namespaces else (namespaces or list(settings.watch_namespaces))
     port = health_port or settings.health_port
     log.info("watching %s", ", ".join(watched) if watched else "all namespaces")

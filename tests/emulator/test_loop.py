@@ -143,6 +143,9 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     config = yaml.safe_load((await c.get("configmaps", ns, "soccer-server-config"))["data"]["server.yaml"])
     assert config["endpoints"][0]["model"] == "/models/v1/model.onnx"
     assert {"TrainingSucceeded", "ModelPromoted"} <= set(await reasons(c, ns, "soccer"))
+    # GitOps: the operator wrote nothing to metadata but its finalizer (the annotation is the user's).
+    assert set(obj["metadata"].get("annotations") or {}) == {"kontinual.io/train-request"}
+    assert obj["metadata"]["finalizers"] == ["kontinual.io/finalizer"]
 
     # Available only once the new template is rolled out.
     assert condition(obj, "Available")["status"] == "False"

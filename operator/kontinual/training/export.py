@@ -36,7 +36,9 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int) -> None:
             layer.dynamic = False
     sample = torch.zeros(1, 3, image_size, image_size)
     try:
-        with tempfile.TemporaryDirectory(prefix="kontinual-export-") as tmp, warnings.catch_warnings():
+        # The temp folder sits beside the target: /tmp (an emptyDir in a pod) and the model claim
+        # are different filesystems, and a rename cannot cross them.
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # yolov5's Python branches: expected
             ModuleExporter(module, tmp).export_onnx(
                 sample, name="model.onnx", opset=OPSET, convert_qat=True,
