@@ -53,10 +53,20 @@ class ControlPlane:
         return ControlPlane(**json.loads((state_dir / "state.json").read_text()))
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all held open while choosing, so none is handed out twice)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def make_pki(pki: Path) -> None:
@@ -182,7 +192,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = (), *,
     logs.mkdir(parents=True, exist_ok=True)
     make_pki(pki)
     log(f"certificates and service-account key created in {time.monotonic() - began:.1f} s")
-    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+    etcd_port, etcd_peer, api_port = free_ports(3)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     server = f"https://127.0.0.1:{api_port}"
     plane = ControlPlane(str(state_dir), server, str(state_dir / "admin.kubeconfig"), {})

@@ -33,7 +33,8 @@ import yaml
 from kubernetes import config
 
 from tests.cluster.build import ToolchainUnavailable, ensure_binaries
-from tests.cluster.plane import down, exit_with_parent, free_port, kubeconfig_text, up
+from tests.cluster.plane import (ControlPlane, ControlPlaneFailed, down, exit_with_parent, free_port,
+                                 kubeconfig_text, up)
 from tests.e2e.kube import Cluster, apply_manifests, ensure_namespace, wait_for
 from tests.support.tools import helm_binary
 
@@ -64,9 +65,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     except ToolchainUnavailable as error:
         unavailable(str(error))
     TIMINGS["binaries (build or cache)"] = time.monotonic() - started
-    state = tmp_path_factory.mktemp("control-plane")
     started = time.monotonic()
-    plane = up(state, bin_dir, crds=[CRD_FILE], die_with_parent=True)
+    state, plane = start_control_plane(tmp_path_factory, bin_dir)
     TIMINGS["control plane up"] = time.monotonic() - started
     try:
         admin = config.new_client_from_config(config_file=plane.kubeconfig)
@@ -76,6 +76,18 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         kept = tmp_path_factory.getbasetemp() / "control-plane-logs"
         shutil.copytree(state / "logs", kept, dirs_exist_ok=True)
         down(state)
+
+
+def start_control_plane(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> tuple[Path, ControlPlane]:
+    """`up`, once more if a port it picked was taken by someone else in the meantime."""
+    for attempt in (1, 2):
+        state = tmp_path_factory.mktemp("control-plane")
+        try:
+            return state, up(state, bin_dir, crds=[CRD_FILE], die_with_parent=True)
+        except ControlPlaneFailed as error:
+            if attempt == 2 or "address already in use" not in str(error):
+                raise
+    raise AssertionError("unreachable")
 
 
 def render_chart_access(release: str, watch_namespaces: list[str]) -> list[dict[str, Any]]:
