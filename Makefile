@@ -16,14 +16,14 @@ export YOLOV5_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv test test-unit test-emulator test-serving test-training test-chart test-e2e \
-        bench up down clean
+        bench up down clean lock
 
 venv: $(STAMP)
 
-$(STAMP): requirements/test.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/test.txt requirements/dev.txt requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip<26"
-	$(BIN)/python -m pip install -q -r requirements/test.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install -q -r requirements/test.txt -r requirements/dev.txt -c requirements/lock.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@mkdir -p $(YOLO_CONFIG_DIR)
 	@touch $@
@@ -58,3 +58,9 @@ down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Freeze the test environment into requirements/lock.txt (the images' constraints).
+lock: venv
+	{ echo "# Every package of the test environment (pip freeze of .venv, regenerate with: make lock)."; \
+	  echo "# The images use it as constraints, so they run the exact versions the tests ran; tests/chart checks it."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > requirements/lock.txt

@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"operator": "operator", "server": "server", "trainer": "trainer"}  # image -> pyproject extra
-CONSTRAINTS_LINE = "RUN sed -E 's/\\[[^]]*\\]//' requirements/test.txt > /tmp/constraints.txt"
+CONSTRAINTS_LINE = "RUN sed -E 's/\\[[^]]*\\]//' requirements/test.txt requirements/lock.txt > /tmp/constraints.txt"
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "make", "git", "curl", "wget"}
 
 
@@ -82,7 +82,7 @@ def test_constraints_file_keeps_every_pin_and_is_valid_for_pip() -> None:
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_dockerfile_installs_only_test_pins(image: str) -> None:
     instructions = _instructions(image)
-    assert "COPY requirements/test.txt requirements/test.txt" in instructions
+    assert "COPY requirements/test.txt requirements/lock.txt requirements/" in instructions
     assert CONSTRAINTS_LINE in instructions
     installs = _pip_installs(image)
     assert installs, f"images/{image}/Dockerfile installs nothing with pip"
@@ -186,3 +186,27 @@ def test_build_context_sends_only_what_the_image_needs(image: str) -> None:
     copied = {path for sources in copies for path in sources}
     for path in copied:
         assert f"!{path}" in ignore or f"!{path.rstrip('/')}/" in ignore, f"{path} is excluded from the context"
+
+
+def test_lock_is_the_test_environment() -> None:
+    """requirements/lock.txt (the images' constraints) is exactly what the tests run with here."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement as Req
+    from packaging.utils import canonicalize_name
+
+    lock = {}
+    for line in (ROOT / "requirements/lock.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Req(line)
+            lock[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
+    assert lock, "requirements/lock.txt is empty"
+    from packaging.version import Version
+
+    wrong = {name: (version, installed.get(name)) for name, version in lock.items()
+             if name != "kontinual" and (installed.get(name) is None or Version(installed[name]) != Version(version))}
+    assert not wrong, f"lock.txt differs from the test environment (lock, installed): {wrong}; run `make lock`"
+    for name, pin in _test_pins().items():
+        if pin.specifier and str(pin.specifier).startswith("=="):
+            assert lock[canonicalize_name(name)] == str(pin.specifier)[2:], f"{name}: test.txt and lock.txt disagree"
