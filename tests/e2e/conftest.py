@@ -185,7 +185,8 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def kontinual(operator: Operator) -> Iterator[Operator]:
-    """The running operator; fails the test if it hit a permission error (an RBAC rule the chart lacks)."""
+    """The running operator; fails the test if it hit a permission error (an RBAC rule the chart lacks)
+    or a handler raised an unexpected exception (kopf would log it and retry, hiding the bug)."""
     offset = len(operator.log_text())
     yield operator
     denied = [line for line in operator.log_text(offset).splitlines()
@@ -193,6 +194,11 @@ def kontinual(operator: Operator) -> Iterator[Operator]:
     if denied:
         pytest.fail("the operator, running with the chart's ServiceAccount, was denied access:\n"
                     + "\n".join(denied[:20]), pytrace=False)
+    crashed = operator.log_text(offset)
+    if "Traceback (most recent call last)" in crashed:
+        start = crashed.index("Traceback (most recent call last)")
+        excerpt = crashed[max(0, start - 300):start + 3000]
+        pytest.fail(f"a handler of the operator raised an unexpected exception:\n{excerpt}", pytrace=False)
     if operator.process.poll() is not None:
         pytest.fail(f"the operator exited with {operator.process.returncode}:\n{operator.log_text()[-3000:]}",
                     pytrace=False)
