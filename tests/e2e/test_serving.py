@@ -137,6 +137,21 @@ def test_spec_change_rolls_the_server(cluster: Cluster, kontinual: Operator, mod
     assert condition(current, "Reconciled")["status"] == "True"
 
 
+def test_children_deleted_or_edited_by_hand_come_back(cluster: Cluster, kontinual: Operator,
+                                                      model: dict[str, Any]) -> None:
+    service = cluster.core.read_namespaced_service(f"{NAME}-server", NAMESPACE)
+    cluster.core.delete_namespaced_service(f"{NAME}-server", NAMESPACE)
+    config = cluster.core.read_namespaced_config_map(f"{NAME}-server-config", NAMESPACE)
+    wanted = config.data["server.yaml"]
+    cluster.core.patch_namespaced_config_map(f"{NAME}-server-config", NAMESPACE,
+                                             {"data": {"server.yaml": "endpoints: []\n"}})
+    wait_for("the Service to be recreated", lambda: (lambda c: c["Service"] is not None and
+                                                     c["Service"].metadata.uid != service.metadata.uid)(
+        children(cluster)))
+    wait_for("the hand-edited server.yaml to be restored", lambda: cluster.core.read_namespaced_config_map(
+        f"{NAME}-server-config", NAMESPACE).data["server.yaml"] == wanted)
+
+
 def test_deleting_the_model_garbage_collects_every_child(cluster: Cluster, kontinual: Operator,
                                                          model: dict[str, Any]) -> None:
     deployment_uid = cluster.apps.read_namespaced_deployment(f"{NAME}-server", NAMESPACE).metadata.uid
