@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.rest import ApiException
 
 from tests.e2e.conftest import Operator
 from tests.e2e.kube import (GROUP, PLURAL, VERSION, Cluster, condition, ensure_namespace, get_model, owned_by,
@@ -36,8 +37,8 @@ def children(cluster: Cluster) -> dict[str, Any]:
     def read(call: Any, name: str) -> Any:
         try:
             return call(name, NAMESPACE)
-        except Exception as error:  # noqa: BLE001 - 404 is the interesting case; others re-raise below
-            if getattr(error, "status", None) == 404:
+        except ApiException as error:
+            if error.status == 404:
                 return None
             raise
     return {
