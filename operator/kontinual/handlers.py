@@ -152,6 +152,6 @@ def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int |
         clusterwide=not watched,
         namespaces=watched,
         standalone=True,
-        liveness_endpoint=f"http://0.0.0.0:{port}/healthz",
+        liveness_endpoint=f"http://{settings.health_host}:{port}/healthz",
     )
     return 0

@@ -30,7 +30,8 @@ class Settings:
     roboflow_api_url: str = "https://api.roboflow.com"
     roboflow_poll_seconds: int = 300  # how often minNewLabeledImages triggers poll Roboflow
     resync_seconds: int = 60  # periodic reconcile, repairs drift kopf did not see
-    health_port: int = 8080  # liveness endpoint: http://0.0.0.0:PORT/healthz
+    health_port: int = 8080  # liveness endpoint: http://HOST:PORT/healthz
+    health_host: str = "0.0.0.0"  # all interfaces in a pod (the kubelet probes the pod IP)
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
     watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
@@ -50,6 +51,7 @@ class Settings:
             roboflow_poll_seconds=_int(env, "KONTINUAL_ROBOFLOW_POLL_SECONDS", default.roboflow_poll_seconds),
             resync_seconds=_int(env, "KONTINUAL_RESYNC_SECONDS", default.resync_seconds),
             health_port=_int(env, "KONTINUAL_HEALTH_PORT", default.health_port, 1, 65535),
+            health_host=env.get("KONTINUAL_HEALTH_HOST") or default.health_host,
             log_level=(env.get("KONTINUAL_LOG_LEVEL") or default.log_level).upper(),
             log_format=log_format,
             watch_namespaces=namespaces,

@@ -134,7 +134,7 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KONTINUAL_LOG_LEVEL": "INFO",
            "KONTINUAL_SERVER_IMAGE": "kontinual/server:e2e", "KONTINUAL_TRAINER_IMAGE": "kontinual/trainer:e2e",
            # Every reaction these tests wait for must come from a watch event, not the periodic repair.
-           "KONTINUAL_RESYNC_SECONDS": "3600"}
+           "KONTINUAL_RESYNC_SECONDS": "3600", "KONTINUAL_HEALTH_HOST": "127.0.0.1"}
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
         scope = [arg for namespace in watched for arg in ("--namespace", namespace)] or ["--all-namespaces"]

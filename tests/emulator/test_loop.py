@@ -107,6 +107,14 @@ async def reasons(cluster: Cluster, ns: str, name: str) -> list[str]:
     return [e["reason"] for e in await cluster.events(ns, name)]
 
 
+async def raised(cluster: Cluster, ns: str, name: str, *wanted: str) -> list[str]:
+    """Wait for Events with these reasons (kopf posts them asynchronously, after the status write)."""
+    async def probe() -> list[str] | None:
+        seen = await reasons(cluster, ns, name)
+        return seen if set(wanted) <= set(seen) else None
+    return await wait_for(probe, 10, what=f"Events {wanted} on {ns}/{name}")
+
+
 def template_version(deployment: dict[str, Any]) -> str:
     return deployment["spec"]["template"]["metadata"]["annotations"]["kontinual.io/model-version"]
 
@@ -126,7 +134,7 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     assert job["metadata"]["ownerReferences"][0]["name"] == "soccer"
     obj = await status_where(c, ns, "soccer", lambda s: (s.get("training") or {}).get("activeJob"), "activeJob")
     assert condition(obj, "Training")["status"] == "True"
-    assert "TrainingStarted" in await reasons(c, ns, "soccer")
+    await raised(c, ns, "soccer", "TrainingStarted")
 
     await finish_job(c, ns, "soccer-train-1", result(1, 0.42))
     obj = await status_where(c, ns, "soccer", lambda s: s.get("serving", {}).get("version") == 1, "v1 serving")
@@ -142,7 +150,7 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     assert verify["command"][-2:] == ["/models/v1/model.onnx", f"{1:064x}"]
     config = yaml.safe_load((await c.get("configmaps", ns, "soccer-server-config"))["data"]["server.yaml"])
     assert config["endpoints"][0]["model"] == "/models/v1/model.onnx"
-    assert {"TrainingSucceeded", "ModelPromoted"} <= set(await reasons(c, ns, "soccer"))
+    await raised(c, ns, "soccer", "TrainingSucceeded", "ModelPromoted")
     # GitOps: the operator wrote nothing to metadata but its finalizer (the annotation is the user's).
     assert set(obj["metadata"].get("annotations") or {}) == {"kontinual.io/train-request"}
     assert obj["metadata"]["finalizers"] == ["kontinual.io/finalizer"]
@@ -167,7 +175,7 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     assert (newest["version"], newest["promoted"], newest["reason"]) == (2, False, "GateRejected")
     assert obj["status"]["serving"]["version"] == 1
     assert condition(obj, "Degraded")["status"] == "True" and condition(obj, "Degraded")["reason"] == "GateRejected"
-    assert "ModelRejected" in await reasons(c, ns, "soccer")
+    await raised(c, ns, "soccer", "ModelRejected")
     assert template_version(await c.get("deployments", ns, "soccer-server")) == "1"
 
 
@@ -184,7 +192,7 @@ async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Clus
     assert (degraded["status"], degraded["reason"]) == ("True", "DatasetEmpty")
     assert "train/ has no labeled images" in degraded["message"]
     assert obj["status"]["serving"]["version"] == 0 and obj["status"]["models"] == []
-    assert "TrainingFailed" in await reasons(c, ns, "m")
+    await raised(c, ns, "m", "TrainingFailed")
 
     # A trainer that died without a result: the log tail (FallbackToLogsOnError) is the reason's context.
     await request_training(c, ns, "m", "2")
@@ -240,7 +248,7 @@ async def test_stalled_rollout_is_rolled_back_and_not_retried(loop_cluster: Clus
     record = obj["status"]["models"][0]
     assert (record["rolledBack"], record["promoted"], record["reason"]) == (True, False, "RolloutFailed")
     assert condition(obj, "Degraded")["reason"] == "RolloutFailed"
-    assert "RolledBack" in await reasons(c, ns, "m")
+    await raised(c, ns, "m", "RolledBack")
     await c.roll_out(ns, "m-server")
     await status_where(c, ns, "m", lambda s: any(x["type"] == "Available" and x["status"] == "True"
                                                  for x in s.get("conditions", [])), "seed available again")
@@ -284,6 +292,7 @@ async def test_operator_restart_mid_run_adopts_the_job(api: Cluster, monkeypatch
     assert [m["version"] for m in obj["status"]["models"]] == [1]
     assert [j["metadata"]["name"] for j in await jobs(c, ns)] == ["m-train-1"]
     assert obj["status"]["training"]["runs"] == 1
+    await raised(c, ns, "m", "ModelPromoted")
     promoted = [r for r in await reasons(c, ns, "m") if r == "ModelPromoted"]
     assert len(promoted) == 1
 
