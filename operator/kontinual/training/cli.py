@@ -106,6 +106,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         problems.append("give --dataset-dir, or --roboflow-workspace and --roboflow-project")
     if args.dataset_version != "latest" and not args.dataset_version.isdigit():
         problems.append(f"--dataset-version must be 'latest' or a number, got {args.dataset_version!r}")
+    if args.device not in ("auto", "cpu", "cuda"):  # argparse does not check defaults from the environment
+        problems.append(f"--device must be auto, cpu or cuda, got {args.device!r}")
     if args.epochs < 1:
         problems.append("--epochs must be >= 1")
     if args.image_size < 32 or args.image_size % 32:
