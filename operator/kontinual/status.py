@@ -68,7 +68,7 @@ def availability(deploy: Mapping[str, Any] | None, wanted_generation: int | None
     if updated < replicas:
         return Condition(AVAILABLE, False, "RolloutInProgress", f"{updated} of {replicas} pods run the wanted model")
     if total > updated:
-        return Condition(AVAILABLE, False, "RolloutInProgress", f"{total - updated} old pods still terminating")
+        return Condition(AVAILABLE, False, "RolloutInProgress", f"{total - updated} pod{'s' if total - updated != 1 else ''} of the previous template still running")
     if min(ready, available) < replicas:
         return Condition(AVAILABLE, False, "PodsNotReady", f"{min(ready, available)} of {replicas} pods ready")
     return Condition(AVAILABLE, True, "RolledOut", f"{ready} of {replicas} pods ready")
