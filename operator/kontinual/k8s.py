@@ -55,7 +55,7 @@ RESOURCES: dict[str, Resource] = {
     "Service": Resource("", "v1", "services", ("get", "list", "watch", "create", "patch")),
     "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims", ("get", "list", "watch", "create", "patch")),
     "Deployment": Resource("apps", "v1", "deployments", ("get", "list", "watch", "create", "patch")),
-    "Job": Resource("batch", "v1", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
+    "Job": Resource("batch", "v1", "jobs", ("get", "list", "watch", "create")),
     "Pod": Resource("", "v1", "pods", ("get", "list", "watch")),
     # Only the Roboflow key, for minNewLabeledImages polling; never logged or stored.
     "Secret": Resource("", "v1", "secrets", ("get",)),
@@ -159,14 +159,6 @@ def create(obj: dict[str, Any]) -> dict[str, Any] | None:
         if exc.status == 409:
             return None
         raise
-
-
-def delete(kind: str, namespace: str, name: str) -> None:
-    try:
-        _call("DELETE", RESOURCES[kind].path(namespace, name), {"propagationPolicy": "Background"})
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
 
 
 def secret_value(namespace: str, name: str, key: str) -> str:

@@ -107,10 +107,10 @@ cover kontinual.k8s.API_USAGE and kontinual.handlers.FRAMEWORK_API_USAGE).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
-# Application: training Jobs (old ones are deleted beyond the history limit).
+# Application: training Jobs (finished ones go by their ttlSecondsAfterFinished).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create]
 {{- end }}
 
 {{/*
