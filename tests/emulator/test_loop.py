@@ -285,6 +285,7 @@ async def test_operator_restart_mid_run_adopts_the_job(api: Cluster, monkeypatch
     await finish_job(c, ns, "m-train-1", result(1, 0.5))
     async with running_operator(registry, api.kubeconfig):
         obj = await status_where(c, ns, "m", lambda s: s.get("serving", {}).get("version") == 1, "result after restart")
+        await raised(c, ns, "m", "ModelPromoted")  # posted asynchronously: wait while this operator runs
     async with running_operator(registry, api.kubeconfig):  # and once more: nothing recorded twice
         await status_where(c, ns, "m", lambda s: s.get("observedGeneration"), "reconciled again")
         await asyncio.sleep(3)  # several resyncs (every 1 s): none may record or promote again
@@ -292,7 +293,6 @@ async def test_operator_restart_mid_run_adopts_the_job(api: Cluster, monkeypatch
     assert [m["version"] for m in obj["status"]["models"]] == [1]
     assert [j["metadata"]["name"] for j in await jobs(c, ns)] == ["m-train-1"]
     assert obj["status"]["training"]["runs"] == 1
-    await raised(c, ns, "m", "ModelPromoted")
     promoted = [r for r in await reasons(c, ns, "m") if r == "ModelPromoted"]
     assert len(promoted) == 1
 
