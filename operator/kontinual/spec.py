@@ -14,23 +14,15 @@ from typing import Any, Mapping
 from croniter import croniter
 
 from kontinual.settings import Settings
+from kontinual.specfields import NAME_RE, Reader, SecretKeyRef, SpecError
+
+# NAME_RE, SecretKeyRef and SpecError are part of this module's API too (re-exported).
 
 DEFAULT_PORT = 5543
 DEFAULT_METRICS_PORT = 9101
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^(latest|[1-9][0-9]*)$")
 CRON_RE = re.compile(r"^\s*(\S+\s+){4}\S+\s*$")
-
-
-class SpecError(ValueError):
-    """An invalid ContinualModel spec; the message names the field and what is expected."""
-
-
-@dataclass(frozen=True)
-class SecretKeyRef:
-    name: str
-    key: str
 
 
 @dataclass(frozen=True)
@@ -170,106 +162,7 @@ class Spec:
     training: Training | None = None
 
 
-class _Reader:
-    """Typed access to one mapping of the spec, remembering its field path for messages."""
-
-    def __init__(self, data: Any, path: str) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise SpecError(f"{path} must be an object, got {type(data).__name__}")
-        self.data, self.path = data, path
-
-    def sub(self, key: str) -> "_Reader":
-        return _Reader(self.data.get(key), f"{self.path}.{key}")
-
-    def has(self, key: str) -> bool:
-        return self.data.get(key) not in (None, "", {})
-
-    def present(self, key: str) -> bool:
-        """Set at all, even as `{}` (e.g. `training: {}` turns training on with its defaults)."""
-        return self.data.get(key) is not None
-
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.data.get(key)
-        if value in (None, ""):
-            if required:
-                raise SpecError(f"{self.path}.{key} is required")
-            return default if default is not None else ""
-        if not isinstance(value, str):
-            raise SpecError(f"{self.path}.{key} must be a string, got {value!r}")
-        return value
-
-    def int(self, key: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
-        value = self.data.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{self.path}.{key} must be a whole number, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise SpecError(f"{self.path}.{key} must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise SpecError(f"{self.path}.{key} must be <= {maximum}, got {value}")
-        return value
-
-    def req_int(self, key: str, default: int, **bounds: int) -> int:
-        value = self.int(key, default, **bounds)
-        return default if value is None else value
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise SpecError(f"{self.path}.{key} must be true or false, got {value!r}")
-        return value
-
-    def float(self, key: str, default: float) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{self.path}.{key} must be a number, got {value!r}")
-        return float(value)
-
-    def enum(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(key, default)
-        if value not in choices:
-            raise SpecError(f"{self.path}.{key} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise SpecError(f"{self.path}.{key} must be a list of non-empty strings, got {value!r}")
-        return tuple(value)
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        return dict(self.sub(key).data)
-
-    def string_map(self, key: str) -> dict[str, str]:
-        value = self.mapping(key)
-        bad = {k: v for k, v in value.items() if not isinstance(v, str)}
-        if bad:
-            raise SpecError(f"{self.path}.{key} values must be strings (quote numbers and booleans), got {bad!r}")
-        return value
-
-    def objects(self, key: str) -> tuple[Mapping[str, Any], ...]:
-        value = self.data.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
-            raise SpecError(f"{self.path}.{key} must be a list of objects")
-        return tuple(dict(v) for v in value)
-
-    def name(self, key: str, *, required: bool = False) -> str:
-        value = self.str(key, required=required)
-        if value and (len(value) > 253 or not NAME_RE.match(value)):
-            raise SpecError(f"{self.path}.{key} must be a Kubernetes name (lowercase letters, digits, '-'), got {value!r}")
-        return value
-
-    def secret_ref(self, key: str, default_key: str) -> SecretKeyRef:
-        ref = self.sub(key)
-        return SecretKeyRef(name=ref.name("name", required=True), key=ref.str("key", default_key))
-
-
-def _serving(r: _Reader) -> Serving:
+def _serving(r: Reader) -> Serving:
     pull = r.objects("imagePullSecrets")
     if not all(isinstance(p.get("name"), str) and p.get("name") for p in pull):
         raise SpecError(f"{r.path}.imagePullSecrets entries must be {{name: <secret name>}}, got {list(pull)!r}")
@@ -288,7 +181,7 @@ def _serving(r: _Reader) -> Serving:
     )
 
 
-def _roboflow(r: _Reader, settings: Settings, fallback: RoboflowRef | None = None) -> RoboflowRef:
+def _roboflow(r: Reader, settings: Settings, fallback: RoboflowRef | None = None) -> RoboflowRef:
     """Roboflow coordinates; each missing one falls back to `fallback` (dataLogging's) if given."""
 
     def pick(key: str) -> str:
@@ -321,7 +214,7 @@ def _roboflow(r: _Reader, settings: Settings, fallback: RoboflowRef | None = Non
     )
 
 
-def _data_logging(r: _Reader, settings: Settings) -> DataLogging:
+def _data_logging(r: Reader, settings: Settings) -> DataLogging:
     return DataLogging(
         roboflow=_roboflow(r.sub("roboflow"), settings),
         frequency=r.req_int("frequency", 100, minimum=1),
@@ -332,7 +225,7 @@ def _data_logging(r: _Reader, settings: Settings) -> DataLogging:
     )
 
 
-def _training(r: _Reader, settings: Settings, logging: DataLogging | None) -> Training:
+def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Training:
     trigger = r.sub("trigger")
     schedule = trigger.str("schedule") or None
     if schedule is not None and not (CRON_RE.match(schedule) and croniter.is_valid(schedule)):
@@ -370,7 +263,7 @@ def _training(r: _Reader, settings: Settings, logging: DataLogging | None) -> Tr
     )
 
 
-def _storage(r: _Reader, name: str) -> Storage:
+def _storage(r: Reader, name: str) -> Storage:
     pvc = r.sub("pvc")
     claim = pvc.name("claimName")
     modes = pvc.strings("accessModes", ("ReadWriteOnce",))
@@ -383,7 +276,7 @@ def _storage(r: _Reader, name: str) -> Storage:
     )
 
 
-def _rollout(r: _Reader) -> Rollout:
+def _rollout(r: Reader) -> Rollout:
     gate = r.sub("gate")
     return Rollout(
         gate=Gate(metric=gate.enum("metric", "mAP50", ("mAP50", "mAP50_95")), min_delta=gate.float("minDelta", 0.0)),
@@ -395,7 +288,7 @@ def _rollout(r: _Reader) -> Rollout:
 def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     """The whole ContinualModel object (metadata + spec) -> Spec, or SpecError naming the field."""
     settings = settings or Settings()
-    meta = _Reader(body.get("metadata"), "metadata")
+    meta = Reader(body.get("metadata"), "metadata")
     name = meta.str("name", required=True)
     if not DNS1035_RE.match(name) or len(name) > 45:
         # NAME-server is a Service name (DNS-1035: starts with a letter); NAME-train-N must stay
@@ -406,7 +299,7 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     if not NAME_RE.match(namespace) or len(namespace) > 63:
         raise SpecError(f"metadata.namespace must be a DNS-1123 label, got {namespace!r}")
     generation = meta.req_int("generation", 0, minimum=0)
-    r = _Reader(body.get("spec"), "spec")
+    r = Reader(body.get("spec"), "spec")
     task = r.enum("task", "yolo", ("yolo",))
     model = ModelSource.parse(r.sub("model").str("uri", required=True), "spec.model.uri")
     logging = _data_logging(r.sub("dataLogging"), settings) if r.present("dataLogging") else None

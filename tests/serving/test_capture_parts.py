@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
