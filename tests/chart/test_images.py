@@ -200,7 +200,12 @@ def test_lock_is_the_test_environment() -> None:
         if line.strip() and not line.startswith("#"):
             req = Req(line)
             lock[canonicalize_name(req.name)] = str(req.specifier).removeprefix("==")
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
+    import sysconfig
+
+    # Only what pip installed into this environment: other sys.path entries (setuptools puts its
+    # vendored packages there once pkg_resources is imported) are not part of it.
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions(path=site)}
     assert lock, "requirements/lock.txt is empty"
     from packaging.version import Version
 
