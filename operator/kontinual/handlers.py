@@ -62,12 +62,20 @@ def _emit(body: Any, outcome: Outcome) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
 
-def _run(body: kopf.Body, *, announce: bool) -> None:
+def _reconcile(body: Any) -> Outcome | None:
+    """Reconcile, note when, raise the outcome's Events; None when the object is gone or going."""
     outcome = reconcile(body, _State.settings)
     if outcome.body is None:
-        return  # deleted meanwhile
-    _State.last_reconciled[body["metadata"]["uid"]] = time.monotonic()
-    _emit(body, outcome)
+        return None
+    _State.last_reconciled[outcome.body["metadata"]["uid"]] = time.monotonic()
+    _emit(outcome.body, outcome)
+    return outcome
+
+
+def _run(body: kopf.Body, *, announce: bool) -> None:
+    outcome = _reconcile(body)
+    if outcome is None:
+        return
     if outcome.invalid:
         if announce:
             kopf.warn(body, reason="InvalidSpec", message=outcome.invalid)
@@ -101,30 +109,25 @@ def resync(body: kopf.Body, uid: str, **_: Any) -> None:
         _run(body, announce=False)
 
 
-def _on_child(event: dict[str, Any], namespace: str, labels: dict[str, str]) -> None:
+def _on_child(namespace: str, labels: dict[str, str]) -> None:
     parent = labels.get(MODEL_LABEL)
     if not parent:
         return
-    body = {"metadata": {"namespace": namespace, "name": parent}}
-    outcome = reconcile(body, _State.settings)
-    if outcome.body is None:
-        return  # the ContinualModel is gone or going
-    _State.last_reconciled[outcome.body["metadata"]["uid"]] = time.monotonic()
-    _emit(outcome.body, outcome)
-    if outcome.error:
+    outcome = _reconcile({"metadata": {"namespace": namespace, "name": parent}})
+    if outcome is not None and outcome.error:
         log.warning("%s/%s: %s", namespace, parent, outcome.error)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, registry=registry)
-def on_deployment(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+def on_deployment(namespace: str, labels: dict[str, str], **_: Any) -> None:
     """Rollout progress (status) and hand edits or deletions of the server Deployment."""
-    _on_child(event, namespace, labels)
+    _on_child(namespace, labels)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS, registry=registry)
-def on_job(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+def on_job(namespace: str, labels: dict[str, str], **_: Any) -> None:
     """A training Job started, finished or vanished: record results, start a queued run."""
-    _on_child(event, namespace, labels)
+    _on_child(namespace, labels)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS, registry=registry)
@@ -133,7 +136,7 @@ def on_job(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: A
 def on_simple_child(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
     """A config, service or claim deleted or edited by hand comes back as specified."""
     if event.get("type") in ("DELETED", "MODIFIED"):
-        _on_child(event, namespace, labels)
+        _on_child(namespace, labels)
 
 
 def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int | None) -> int:
