@@ -96,6 +96,14 @@ async def finish_job(cluster: Cluster, ns: str, name: str, message: dict[str, An
         "succeeded": 1 if succeeded else 0, "failed": 0 if succeeded else 1}}, subresource="status")
 
 
+async def train_once(cluster: Cluster, ns: str, name: str, version: int, message: dict[str, Any] | str | None,
+                     **finish: Any) -> None:
+    """Ask for a run (annotation value = the version), wait for its Job, finish it with `message`."""
+    await request_training(cluster, ns, name, str(version))
+    await wait_job(cluster, ns, f"{name}-train-{version}")
+    await finish_job(cluster, ns, f"{name}-train-{version}", message, **finish)
+
+
 async def status_where(cluster: Cluster, ns: str, name: str, check: Any, what: str, timeout: float = 15) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         obj = await cluster.get("continualmodels", ns, name)
@@ -182,10 +190,8 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
 async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-fail"
     await c.create(model("m", ns))
-    await request_training(c, ns, "m", "1")
-    await wait_job(c, ns, "m-train-1")
     failed = {"status": "Failed", "reason": "DatasetEmpty", "message": "train/ has no labeled images"}
-    await finish_job(c, ns, "m-train-1", failed, succeeded=False)
+    await train_once(c, ns, "m", 1, failed, succeeded=False)
     obj = await status_where(c, ns, "m", lambda s: (s.get("training") or {}).get("lastRun", {}).get("result") == "Failed",
                              "failed run recorded")
     degraded = condition(obj, "Degraded")
@@ -195,18 +201,14 @@ async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Clus
     await raised(c, ns, "m", "TrainingFailed")
 
     # A trainer that died without a result: the log tail (FallbackToLogsOnError) is the reason's context.
-    await request_training(c, ns, "m", "2")
-    await wait_job(c, ns, "m-train-2")
-    await finish_job(c, ns, "m-train-2", "Traceback ...\nMemoryError", succeeded=False)
+    await train_once(c, ns, "m", 2, "Traceback ...\nMemoryError", succeeded=False)
     obj = await status_where(c, ns, "m", lambda s: (s.get("training") or {}).get("lastRun", {}).get("job") == "m-train-2"
                              and s["training"]["lastRun"].get("finishedAt"), "crash recorded")
     assert obj["status"]["training"]["lastRun"]["reason"] == "TrainerCrashed"
     assert "MemoryError" in obj["status"]["training"]["lastRun"]["message"]
 
     # A result without a sha256 is never promoted.
-    await request_training(c, ns, "m", "3")
-    await wait_job(c, ns, "m-train-3")
-    await finish_job(c, ns, "m-train-3", {**result(3, 0.9), "sha256": ""})
+    await train_once(c, ns, "m", 3, {**result(3, 0.9), "sha256": ""})
     obj = await status_where(c, ns, "m", lambda s: len(s.get("models", [])) == 1, "v3 recorded")
     assert obj["status"]["models"][0]["promoted"] is False
     assert obj["status"]["serving"]["version"] == 0
@@ -217,9 +219,7 @@ async def test_pinning_and_unpinning(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-pin"
     await c.create(model("m", ns))
     for version, score in ((1, 0.4), (2, 0.5)):
-        await request_training(c, ns, "m", str(version))
-        await wait_job(c, ns, f"m-train-{version}")
-        await finish_job(c, ns, f"m-train-{version}", result(version, score))
+        await train_once(c, ns, "m", version, result(version, score))
         await status_where(c, ns, "m", lambda s, v=version: s.get("serving", {}).get("version") == v, f"v{version}")
     await c.patch("continualmodels", ns, "m", {"spec": {"rollout": {"pinnedVersion": 1}}})
     await status_where(c, ns, "m", lambda s: s.get("serving", {}).get("version") == 1, "pinned v1")
@@ -232,9 +232,7 @@ async def test_pinning_and_unpinning(loop_cluster: Cluster) -> None:
 async def test_stalled_rollout_is_rolled_back_and_not_retried(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-rollback"
     await c.create(model("m", ns))
-    await request_training(c, ns, "m", "1")
-    await wait_job(c, ns, "m-train-1")
-    await finish_job(c, ns, "m-train-1", result(1, 0.5))
+    await train_once(c, ns, "m", 1, result(1, 0.5))
     await status_where(c, ns, "m", lambda s: s.get("serving", {}).get("version") == 1, "v1 promoted")
     deployment = await c.get("deployments", ns, "m-server")
     # The Deployment controller gives up on the new pods: progress deadline exceeded.
