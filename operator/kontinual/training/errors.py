@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 
+from kontinual.roboflow_api import redact
+
 INVALID_ARGUMENTS = "InvalidArguments"
 DATASET_DOWNLOAD_FAILED = "DatasetDownloadFailed"
 DATASET_INVALID = "DatasetInvalid"
@@ -47,8 +49,6 @@ class TrainingError(Exception):
 
 
 def scrub(text: str, secret: str | None = None) -> str:
-    """`text` with the Roboflow API key (from the argument or the environment) replaced by ***."""
-    secret = secret if secret is not None else os.environ.get(API_KEY_ENV, "")
-    if secret:
-        text = text.replace(secret, "***")
-    return text
+    """`text` with the Roboflow API key (from the argument or the environment) and any
+    `api_key=` query value replaced by *** (the shared client's redaction)."""
+    return redact(text, secret if secret is not None else os.environ.get(API_KEY_ENV, ""))
