@@ -10,6 +10,7 @@ is checked (tests/chart), so the code and the chart cannot drift apart.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import threading
@@ -169,7 +170,15 @@ def secret_value(namespace: str, name: str, key: str) -> str:
     raw = (secret.get("data") or {}).get(key)
     if raw is None:
         raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
-    return base64.b64decode(raw).decode().strip()
+    try:
+        value = base64.b64decode(raw, validate=True).decode("utf-8").strip()
+    except (binascii.Error, UnicodeDecodeError):
+        # Never the bytes themselves: they are a secret, whatever their encoding.
+        raise LookupError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text (an API key is plain text)") from None
+    if not value or not value.isprintable():
+        raise LookupError(f"Secret {namespace}/{name} key {key!r} is empty or holds control characters "
+                          "(an API key is one line of plain text)")
+    return value
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:

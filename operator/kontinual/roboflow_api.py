@@ -106,6 +106,32 @@ def _error_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code}: {str(payload)[:200]}"
 
 
+def _count(info: Mapping[str, Any], key: str, where: str) -> int:
+    value = info.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RoboflowError(f"Roboflow's answer to GET /{where} has {key}={repr(value)[:40]}, expected a count",
+                            status=200)
+    return value
+
+
+def parse_project_info(workspace: str, project: str, payload: Any) -> ProjectInfo:
+    """GET /{workspace}/{project}'s JSON -> ProjectInfo; any other shape is a RoboflowError saying what came."""
+    where = f"{workspace}/{project}"
+    info = payload.get("project") if isinstance(payload, dict) else None
+    if not isinstance(info, dict):
+        shape = type(payload).__name__ if not isinstance(payload, dict) else "an object without `project`"
+        raise RoboflowError(f"Roboflow's answer to GET /{where} is {shape} ({str(payload)[:80]!r}), "
+                            "expected an object with a `project` object (is apiUrl the Roboflow API?)", status=200)
+    raw_versions = payload.get("versions") or []
+    ids = [str(v.get("id", "")).rsplit("/", 1)[-1] for v in raw_versions if isinstance(v, dict)] \
+        if isinstance(raw_versions, list) else []
+    classes = info.get("classes") or {}
+    return ProjectInfo(workspace=workspace, project=project, images=_count(info, "images", where),
+                       unannotated=_count(info, "unannotated", where),
+                       classes=tuple(str(c) for c in classes) if isinstance(classes, (dict, list)) else (),
+                       versions=tuple(sorted(int(i) for i in ids if i.isdigit())))
+
+
 class RoboflowClient:
     """Talks to one Roboflow API base URL with one key. Thread-safe (one HTTP session per thread)."""
 
@@ -148,17 +174,12 @@ class RoboflowClient:
     def check_key(self) -> str:
         """The workspace the key belongs to (POST /?api_key=)."""
         _, payload = self._call("POST", "/")
-        return str(payload.get("workspace", ""))
+        return str(payload.get("workspace", "")) if isinstance(payload, dict) else ""
 
     def project_info(self, workspace: str, project: str) -> ProjectInfo:
         """Counts and versions of a project (GET /{workspace}/{project})."""
         _, payload = self._call("GET", f"{workspace}/{project}")
-        info = payload.get("project") or {}
-        versions = tuple(sorted(int(str(v.get("id", "")).rsplit("/", 1)[-1]) for v in payload.get("versions") or []
-                                if str(v.get("id", "")).rsplit("/", 1)[-1].isdigit()))
-        return ProjectInfo(workspace=workspace, project=project, images=int(info.get("images") or 0),
-                           unannotated=int(info.get("unannotated") or 0),
-                           classes=tuple(info.get("classes") or {}), versions=versions)
+        return parse_project_info(workspace, project, payload)
 
     def upload_image(self, project: str, image: bytes, *, name: str, split: str = "train", batch: str = "",
                      tags: Iterable[str] = (), content_type: str = "image/jpeg") -> UploadResult:
@@ -168,7 +189,7 @@ class RoboflowClient:
         _, payload = self._call("POST", f"dataset/{project}/upload", params=params,
                                 data={"name": name, "split": split},
                                 files={"file": (name, image, content_type)})
-        if not (payload.get("success") or payload.get("duplicate")) or not payload.get("id"):
+        if not isinstance(payload, dict) or not (payload.get("success") or payload.get("duplicate")) or not payload.get("id"):
             raise RoboflowError(f"Roboflow did not accept the upload of {name}: {str(payload)[:200]}", status=200)
         return UploadResult(id=str(payload["id"]), duplicate=bool(payload.get("duplicate")))
 

@@ -7,6 +7,7 @@ met an API server) and checks what a schema cannot express. Every error names th
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -23,6 +24,7 @@ DEFAULT_METRICS_PORT = 9101
 DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^(latest|[1-9][0-9]*)$")
 CRON_RE = re.compile(r"^\s*(\S+\s+){4}\S+\s*$")
+CRON_PROBE_START = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)  # fixed: parsing stays pure
 
 
 @dataclass(frozen=True)
@@ -225,11 +227,23 @@ def _data_logging(r: Reader, settings: Settings) -> DataLogging:
     )
 
 
+def _fires(schedule: str) -> bool:
+    """Whether a valid cron expression names a real date (croniter raises on `0 0 31 2 *`)."""
+    try:
+        croniter(schedule, CRON_PROBE_START).get_next(datetime.datetime)
+    except (ValueError, KeyError, OverflowError):  # CroniterBadDateError is a ValueError
+        return False
+    return True
+
+
 def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Training:
     trigger = r.sub("trigger")
     schedule = trigger.str("schedule") or None
     if schedule is not None and not (CRON_RE.match(schedule) and croniter.is_valid(schedule)):
         raise SpecError(f"spec.training.trigger.schedule must be a 5-field cron expression (UTC), got {schedule!r}")
+    if schedule is not None and not _fires(schedule):
+        raise SpecError(f"spec.training.trigger.schedule {schedule!r} never fires (no such date, e.g. February 31): "
+                        "give a schedule that names a real day")
     recipe = r.sub("recipe")
     if recipe.has("configMapRef") and recipe.has("uri"):
         raise SpecError("spec.training.recipe: set configMapRef or uri, not both")

@@ -130,7 +130,7 @@ def _poll_labeled(spec: Spec, training: Mapping[str, Any], settings: Settings,
     try:
         key = k8s.secret_value(spec.namespace, ds.api_key.name, ds.api_key.key)
         return RoboflowClient(key, ds.api_url).project_info(ds.workspace, ds.project).annotated, None
-    except (LookupError, RoboflowError, OSError) as exc:
+    except (LookupError, RoboflowError, OSError, ValueError) as exc:
         return None, redact(f"polling Roboflow project {ds.workspace}/{ds.project} failed: {exc}", key)
 
 

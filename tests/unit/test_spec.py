@@ -170,7 +170,14 @@ def test_bad_cron_is_rejected_naming_the_field(schedule: str) -> None:
     assert "spec.training.trigger.schedule" in message and repr(schedule) in message
 
 
-@pytest.mark.parametrize("schedule", ["0 3 * * 0", "*/15 * * * *", "0 0 1 1-6 mon-fri"])
+@pytest.mark.parametrize("schedule", ["0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6,9,11 *"])
+def test_cron_naming_no_real_date_is_rejected_naming_the_field(schedule: str) -> None:
+    # croniter accepts these and then raises on every next-run computation: the reconcile crash-looped.
+    message = error({"dataLogging": {"roboflow": ROBOFLOW}, "training": {"trigger": {"schedule": schedule}}})
+    assert "spec.training.trigger.schedule" in message and repr(schedule) in message and "never fires" in message
+
+
+@pytest.mark.parametrize("schedule", ["0 3 * * 0", "*/15 * * * *", "0 0 1 1-6 mon-fri", "0 0 29 2 *"])
 def test_good_cron_is_kept(schedule: str) -> None:
     spec = parse(cr({"dataLogging": {"roboflow": ROBOFLOW}, "training": {"trigger": {"schedule": schedule}}}), SETTINGS)
     assert spec.training is not None and spec.training.trigger.schedule == schedule
