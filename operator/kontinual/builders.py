@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kontinual import GROUP, KIND, VERSION, yamlio
+from kontinual.classnames import COCO_NAMES, same_classes
 from kontinual.logging_config import render_logging
 from kontinual.settings import Settings
 from kontinual.spec import ModelSource, Spec
@@ -40,15 +41,19 @@ class ModelTarget:
     version: int
     source: ModelSource
     sha256: str | None = None
+    class_names: tuple[str, ...] = ()  # the names of this model's classes, in class-id order
 
     @classmethod
     def seed(cls, spec: Spec) -> "ModelTarget":
-        return cls(version=0, source=spec.model)
+        return cls(version=0, source=spec.model, class_names=spec.seed_class_names)
 
     @classmethod
-    def trained(cls, spec: Spec, version: int, sha256: str | None = None) -> "ModelTarget":
+    def trained(cls, spec: Spec, version: int, sha256: str | None = None,
+                class_names: tuple[str, ...] | None = None) -> "ModelTarget":
+        """Trained version N; `class_names` its dataset's (default: the project's, spec.classNames)."""
         uri = f"pvc://{spec.storage.claim_name}/v{version}/model.onnx"
-        return cls(version=version, source=ModelSource.parse(uri, "status.serving.uri"), sha256=sha256)
+        return cls(version=version, source=ModelSource.parse(uri, "status.serving.uri"), sha256=sha256,
+                   class_names=spec.class_names if class_names is None else class_names)
 
 
 def names(spec: Spec) -> dict[str, str]:
@@ -118,15 +123,23 @@ def server_config(spec: Spec, target: ModelTarget | None = None) -> dict[str, An
         "model": model_path(target.source),
         "batch_size": spec.serving.batch_size,
     }
-    if spec.class_names:
-        endpoint["kwargs"] = {"class_names": list(spec.class_names)}
+    # The served version's own names: DeepSparse maps every class id through them (an id beyond the
+    # list fails the request), so names from another model must never reach it.
+    if target.class_names == COCO_NAMES:
+        endpoint["kwargs"] = {"class_names": "coco"}  # DeepSparse's built-in COCO names
+    elif target.class_names:
+        endpoint["kwargs"] = {"class_names": list(target.class_names)}
     config: dict[str, Any] = {}
     if spec.serving.num_cores:
         config["num_cores"] = spec.serving.num_cores
     config["endpoints"] = [endpoint]
     if spec.data_logging:
+        data = spec.data_logging
+        if data.upload_predictions and not same_classes(target.class_names, spec.class_names):
+            # Boxes of classes the Roboflow project does not have would be wrong pre-annotations.
+            data = replace(data, upload_predictions=False)
         loggers, data_logging = render_logging(
-            spec.data_logging, endpoint=spec.name, model_version=str(target.version), class_names=spec.class_names
+            data, endpoint=spec.name, model_version=str(target.version), class_names=target.class_names
         )
         config["loggers"] = loggers
         endpoint["data_logging"] = data_logging

@@ -28,12 +28,23 @@ class TrainingResult:
     sparsity: float | None = None
     datasetVersion: str | None = None
     images: dict[str, int] = field(default_factory=dict)  # train, valid, test
+    classNames: list[str] = field(default_factory=list)  # the dataset's, in class-id order
+    # The serving model evaluated by the same code on the same split:
+    # {"version": M, "metrics": {...}} or {"version": M, "error": "why it could not be evaluated"}.
+    baseline: dict[str, Any] = field(default_factory=dict)
+    evaluatedOn: dict[str, Any] = field(default_factory=dict)  # split, images, datasetVersion
+    datasetGenerated: bool | None = None  # True when this run generated datasetVersion in Roboflow
     reason: str | None = None  # Failed only: a CamelCase reason, e.g. DatasetEmpty
     message: str | None = None  # Failed only: what a person should know and do
 
     @property
     def succeeded(self) -> bool:
         return self.status == SUCCEEDED
+
+    def baseline_value(self, metric: str) -> float | None:
+        """The baseline's `metric` on the candidate's split, None when it was not evaluated."""
+        value = (self.baseline.get("metrics") or {}).get(metric) if isinstance(self.baseline, dict) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     @classmethod
     def failed(cls, reason: str, message: str, version: int | None = None) -> "TrainingResult":

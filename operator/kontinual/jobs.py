@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Mapping
 
 from kontinual import GROUP
 from kontinual.builders import MODELS_MOUNT, container_security, fetch_container, labels, metadata, pod_security
+from kontinual.classnames import COCO_NAMES, version_names
 from kontinual.settings import Settings
 from kontinual.spec import Spec
 
@@ -66,8 +69,49 @@ def base_weights_uri(spec: Spec, serving_version: int | None) -> str:
     return spec.training.base_weights or DEFAULT_BASE_WEIGHTS
 
 
-def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: int | None) -> dict[str, Any]:
-    """The Job for training run `version`; `base_weights` is the serving version to continue from."""
+@dataclass(frozen=True)
+class Baseline:
+    """The serving model the run evaluates next to its candidate: version (0 = seed), URI, classes."""
+
+    version: int
+    uri: str
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: Spec, serving: Mapping[str, Any] | None) -> "Baseline":
+        """From the serving model's status.models[] record, or the seed when None."""
+        if serving is None:
+            return cls(0, spec.model.uri, spec.seed_class_names)
+        version = int(serving["version"])
+        return cls(version, f"pvc://{spec.storage.claim_name}/v{version}/model.onnx",
+                   version_names(serving, spec.class_names))
+
+
+def generation_settings(spec: Spec) -> dict[str, Any]:
+    """Roboflow's version-generation settings: resize to imageSize, no augmentation, unless the spec says."""
+    assert spec.training is not None
+    size, generation = spec.training.image_size, spec.training.generation
+    preprocessing = {"auto-orient": True, "resize": {"width": size, "height": size, "format": "Stretch to"},
+                     **generation.preprocessing}
+    return {"preprocessing": preprocessing, "augmentation": dict(generation.augmentation)}
+
+
+def _dataset_args(spec: Spec, labeled_at_last_run: int | None) -> list[str]:
+    assert spec.training is not None
+    training = spec.training
+    if not training.generation.enabled or training.dataset_version != "latest":
+        return []
+    args = ["--generate-version", json.dumps(generation_settings(spec), sort_keys=True, separators=(",", ":")),
+            "--generate-timeout", str(training.generation.timeout_seconds)]
+    if labeled_at_last_run is not None:  # generate only if Roboflow has more labeled images than then
+        args += ["--labeled-at-last-run", str(labeled_at_last_run)]
+    return args
+
+
+def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: int | None,
+                 baseline: Baseline | None = None, labeled_at_last_run: int | None = None) -> dict[str, Any]:
+    """The Job for training run `version`; `base_weights` is the serving version to continue from,
+    `baseline` the serving model the candidate is compared with (default: the seed)."""
     training = spec.training
     if training is None:
         raise ValueError("training_job needs spec.training")
@@ -87,6 +131,13 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
         "--batch-size", str(training.batch_size),
         "--device", training.device,
     ]
+    baseline = baseline or Baseline.of(spec, None)
+    args += ["--baseline-model", inputs.path(baseline.uri, "baseline"), "--baseline-version", str(baseline.version)]
+    if baseline.class_names:
+        names = "coco" if baseline.class_names == COCO_NAMES else \
+            json.dumps(list(baseline.class_names), separators=(",", ":"))
+        args += ["--baseline-class-names", names]
+    args += _dataset_args(spec, labeled_at_last_run)
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}},
         {"name": "tmp", "emptyDir": {}},

@@ -97,8 +97,32 @@ class Verdict:
     message: str
 
 
-def judge(spec: Spec, result: TrainingResult, version: int, current: Mapping[str, Any] | None) -> Verdict:
-    """The evaluation gate: a well-formed result whose metric beats the serving model's by minDelta."""
+# Why a baseline could not be evaluated (the trainer's baseline.reason): when the classes differ,
+# the two models answer different questions and the floor alone is the gate.
+BASELINE_CLASSES_DIFFER = "ClassesDiffer"
+
+
+def _exam(result: TrainingResult) -> str:
+    """'dataset 7 test, 45 images': the split both models were evaluated on."""
+    on = result.evaluatedOn or {}
+    dataset = on.get("datasetVersion") or result.datasetVersion
+    where = f"dataset {dataset} {on.get('split', 'test')}" if dataset else f"the {on.get('split', 'test')} split"
+    return f"{where}, {on['images']} images" if on.get("images") is not None else where
+
+
+def _version_name(version: int) -> str:
+    return "the seed model (v0)" if version == 0 else f"v{version}"
+
+
+def judge(spec: Spec, result: TrainingResult, version: int, serving_version: int) -> Verdict:
+    """The gate: champion (the serving model, `serving_version`, 0 = seed) vs challenger on the same split.
+
+    Promoted only with metric >= spec.rollout.gate.minValue and, when the trainer evaluated the
+    serving model on the candidate's split (result.baseline), metric >= baseline + minDelta. When
+    the serving model cannot be evaluated on the dataset's classes (a COCO seed and a 4-class
+    project), the floor alone is the gate; never is a model promoted only because its
+    predecessor had no number.
+    """
     if result.version != version or result.onnx != f"v{version}/model.onnx":
         return Verdict(False, "ResultMismatch",
                        f"the result describes version {result.version} at {result.onnx!r}, expected v{version}/model.onnx")
@@ -106,20 +130,35 @@ def judge(spec: Spec, result: TrainingResult, version: int, current: Mapping[str
         return Verdict(False, "ChecksumMissing", "the result has no valid sha256 of model.onnx; it cannot be verified")
     gate = spec.rollout.gate
     value = (result.metrics or {}).get(gate.metric)
-    if not isinstance(value, (int, float)):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         return Verdict(False, "MetricMissing", f"the result has no {gate.metric} to gate on")
-    base = ((current or {}).get("metrics") or {}).get(gate.metric)
-    if not isinstance(base, (int, float)):
-        return Verdict(True, "FirstTrainedModel", f"{gate.metric} {value:.4f}; the serving model has no {gate.metric}")
+    exam, floor = _exam(result), gate.min_value
+    if value < floor:
+        return Verdict(False, "BelowFloor", f"{gate.metric} {value:.4f} on {exam} is below the floor "
+                       f"spec.rollout.gate.minValue {floor}")
+    baseline = result.baseline or {}
+    base_version = baseline.get("version")
+    if baseline and base_version != serving_version:
+        return Verdict(False, "BaselineChanged", f"the run compared against {_version_name(int(base_version or 0))}, "
+                       f"but {_version_name(serving_version)} serves now; request a new run")
+    base = result.baseline_value(gate.metric)
+    if base is None:
+        why = baseline.get("error") or "the result has no baseline (a trainer that predates baselines)"
+        if serving_version and baseline.get("reason") != BASELINE_CLASSES_DIFFER:
+            return Verdict(False, "BaselineUnavailable", f"{gate.metric} {value:.4f} on {exam}, but the serving "
+                           f"model {_version_name(serving_version)} could not be evaluated on it: {why}")
+        return Verdict(True, "FloorPassed", f"{gate.metric} {value:.4f} on {exam} >= floor {floor}; the floor is "
+                       f"the gate because {_version_name(serving_version)} could not be evaluated on it: {why}")
+    comparison = f"{gate.metric} {value:.4f} vs {base:.4f} of {_version_name(serving_version)} on {exam}"
     if value >= base + gate.min_delta:
-        return Verdict(True, "GatePassed", f"{gate.metric} {value:.4f} >= {base:.4f} + {gate.min_delta}")
-    return Verdict(False, "GateRejected", f"{gate.metric} {value:.4f} < {base:.4f} + {gate.min_delta} (serving model)")
+        return Verdict(True, "GatePassed", f"{comparison} (minDelta {gate.min_delta}, floor {floor})")
+    return Verdict(False, "GateRejected", f"{comparison}: below {base:.4f} + minDelta {gate.min_delta}")
 
 
 def model_record(result: TrainingResult, job: str, finished_at: str, verdict: Verdict,
                  version: int | None = None) -> dict[str, Any]:
     """The status.models entry of a finished run (`version`: the Job's, whatever the result claims)."""
-    return {
+    record = {
         "version": version if version is not None else result.version,
         "sha256": result.sha256,
         "metrics": dict(result.metrics or {}),
@@ -132,6 +171,15 @@ def model_record(result: TrainingResult, job: str, finished_at: str, verdict: Ve
         "reason": verdict.reason,
         "message": verdict.message,
     }
+    if result.classNames:
+        record["classNames"] = list(result.classNames)
+    if result.baseline:
+        record["baseline"] = {k: v for k, v in result.baseline.items() if k in ("version", "metrics", "error", "reason")}
+    if result.evaluatedOn:
+        record["evaluatedOn"] = dict(result.evaluatedOn)
+    if result.datasetGenerated is not None:
+        record["datasetGenerated"] = bool(result.datasetGenerated)
+    return record
 
 
 def serving_model(spec: Spec, models: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -142,6 +190,11 @@ def serving_model(spec: Spec, models: list[Mapping[str, Any]]) -> Mapping[str, A
             return pinned
     promoted = [m for m in models if m.get("promoted") and not m.get("rolledBack")]
     return max(promoted, key=lambda m: int(m.get("version") or 0), default=None)
+
+
+def serving_version(spec: Spec, models: list[Mapping[str, Any]]) -> int:
+    """The serving model's version, 0 for the seed."""
+    return int((serving_model(spec, models) or {}).get("version") or 0)
 
 
 def prune_history(models: list[Mapping[str, Any]], limit: int, keep: int | None) -> list[dict[str, Any]]:
@@ -166,4 +219,4 @@ def mark_rolled_back(models: list[Mapping[str, Any]], version: int, message: str
 
 
 __all__ = ["Triggers", "Verdict", "evaluate_triggers", "judge", "mark_rolled_back", "model_record",
-           "next_version", "prune_history", "serving_model"]
+           "next_version", "prune_history", "serving_model", "serving_version"]

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
 
-from kontinual import builders, k8s, loop, training_loop
+from kontinual import builders, classnames, k8s, loop, training_loop
 from kontinual.builders import ModelTarget
 from kontinual.settings import Settings
 from kontinual.spec import Spec, SpecError, parse
@@ -49,7 +49,8 @@ def serving_target(spec: Spec, models: list[Mapping[str, Any]]) -> ModelTarget:
     model = loop.serving_model(spec, models)
     if model is None:
         return ModelTarget.seed(spec)
-    return ModelTarget.trained(spec, int(model["version"]), model.get("sha256"))
+    return ModelTarget.trained(spec, int(model["version"]), model.get("sha256"),
+                               classnames.version_names(model, spec.class_names))
 
 
 def lock_for(namespace: str, name: str) -> threading.Lock:
@@ -144,6 +145,7 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         "version": target.version,
         "uri": target.source.uri,
         "sha256": target.sha256,
+        "classNames": list(target.class_names) or None,
         "url": builders.server_url(spec),
         "readyReplicas": ((deploy or {}).get("status") or {}).get("readyReplicas") or 0,
     }

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from croniter import croniter
 
+from kontinual.classnames import seed_names
 from kontinual.settings import Settings
 from kontinual.specfields import NAME_RE, Reader, SecretKeyRef, SpecError
 
@@ -25,6 +26,10 @@ DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^(latest|[1-9][0-9]*)$")
 CRON_RE = re.compile(r"^\s*(\S+\s+){4}\S+\s*$")
 CRON_PROBE_START = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)  # fixed: parsing stays pure
+# The gate's documented default floor: a candidate's mAP below this is never promoted, whatever
+# its predecessor scored (a model trained from random weights for a few epochs stays below it).
+DEFAULT_MIN_VALUE = 0.1
+DEFAULT_GENERATE_TIMEOUT_SECONDS = 900
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,20 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """Generating a fresh Roboflow dataset version before a run (spec.training.dataset)."""
+
+    enabled: bool = True
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)  # Roboflow's, over the default resize
+    augmentation: Mapping[str, Any] = field(default_factory=dict)  # Roboflow's; none by default
+    timeout_seconds: int = DEFAULT_GENERATE_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
 class Training:
     dataset: RoboflowRef
     dataset_version: str = "latest"
+    generation: Generation = Generation()
     trigger: Trigger = Trigger()
     base_weights: str = ""
     recipe: Recipe = Recipe()
@@ -136,7 +152,8 @@ class Storage:
 @dataclass(frozen=True)
 class Gate:
     metric: str = "mAP50"
-    min_delta: float = 0.0
+    min_delta: float = 0.0  # over the serving model's value on the candidate's own test split
+    min_value: float = DEFAULT_MIN_VALUE  # absolute floor of the candidate's value
 
 
 @dataclass(frozen=True)
@@ -159,9 +176,15 @@ class Spec:
     serving: Serving
     storage: Storage
     rollout: Rollout
-    class_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()  # spec.classNames: the Roboflow project's classes
+    model_class_names: tuple[str, ...] = ()  # spec.model.classNames: the seed's classes
     data_logging: DataLogging | None = None
     training: Training | None = None
+
+    @property
+    def seed_class_names(self) -> tuple[str, ...]:
+        """The seed model's class names (see kontinual.classnames.seed_names)."""
+        return seed_names(self.model.uri, self.model_class_names, self.class_names)
 
 
 def _serving(r: Reader) -> Serving:
@@ -251,12 +274,19 @@ def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Tra
     version = str(dataset.data.get("version", "latest"))
     if not VERSION_RE.match(version):
         raise SpecError(f"spec.training.dataset.version must be 'latest' or a version number, got {version!r}")
+    generation = Generation(
+        enabled=dataset.bool("generate", True),
+        preprocessing=dataset.mapping("preprocessing"),
+        augmentation=dataset.mapping("augmentation"),
+        timeout_seconds=dataset.req_int("generateTimeoutSeconds", DEFAULT_GENERATE_TIMEOUT_SECONDS, minimum=30),
+    )
     image_size = r.req_int("imageSize", 640, minimum=32)
     if image_size % 32:
         raise SpecError(f"spec.training.imageSize must be a multiple of 32 (YOLOv5 strides), got {image_size}")
     return Training(
         dataset=_roboflow(dataset, settings, logging.roboflow if logging else None),
         dataset_version=version,
+        generation=generation,
         trigger=Trigger(schedule=schedule, min_new_labeled_images=trigger.int("minNewLabeledImages", None, minimum=1)),
         base_weights=r.str("baseWeights"),
         recipe=Recipe(
@@ -293,10 +323,25 @@ def _storage(r: Reader, name: str) -> Storage:
 def _rollout(r: Reader) -> Rollout:
     gate = r.sub("gate")
     return Rollout(
-        gate=Gate(metric=gate.enum("metric", "mAP50", ("mAP50", "mAP50_95")), min_delta=gate.float("minDelta", 0.0)),
+        gate=Gate(metric=gate.enum("metric", "mAP50", ("mAP50", "mAP50_95")), min_delta=gate.float("minDelta", 0.0),
+                  min_value=_fraction(gate, "minValue", DEFAULT_MIN_VALUE)),
         history_limit=r.req_int("historyLimit", 5, minimum=1, maximum=50),
         pinned_version=r.int("pinnedVersion", None, minimum=1),
     )
+
+
+def _unique(r: Reader, key: str) -> tuple[str, ...]:
+    names = r.strings(key)
+    if len(set(names)) != len(names):
+        raise SpecError(f"{r.path}.{key} must not repeat a name, got {list(names)!r}")
+    return names
+
+
+def _fraction(r: Reader, key: str, default: float) -> float:
+    value = r.float(key, default)
+    if not 0.0 <= value <= 1.0:
+        raise SpecError(f"{r.path}.{key} must be between 0 and 1 (an mAP), got {value}")
+    return value
 
 
 def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
@@ -315,12 +360,15 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     generation = meta.req_int("generation", 0, minimum=0)
     r = Reader(body.get("spec"), "spec")
     task = r.enum("task", "yolo", ("yolo",))
-    model = ModelSource.parse(r.sub("model").str("uri", required=True), "spec.model.uri")
+    model_reader = r.sub("model")
+    model = ModelSource.parse(model_reader.str("uri", required=True), "spec.model.uri")
+    model_class_names = _unique(model_reader, "classNames")
     logging = _data_logging(r.sub("dataLogging"), settings) if r.present("dataLogging") else None
-    class_names = r.strings("classNames")
+    class_names = _unique(r, "classNames")
     if logging and logging.upload_predictions and not class_names:
-        raise SpecError("spec.classNames is required when spec.dataLogging.uploadPredictions is true "
-                        "(pre-annotations need class names)")
+        raise SpecError("spec.classNames (the Roboflow project's class names) is required when "
+                        "spec.dataLogging.uploadPredictions is true: predictions are uploaded as "
+                        "pre-annotations only while the served model's classes are the project's")
     training = _training(r.sub("training"), settings, logging) if r.present("training") else None
     storage = _storage(r.sub("storage"), name)
     return Spec(
@@ -334,6 +382,7 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
         storage=storage,
         rollout=_rollout(r.sub("rollout")),
         class_names=class_names,
+        model_class_names=model_class_names,
         data_logging=logging,
         training=training,
     )

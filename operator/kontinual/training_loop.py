@@ -98,7 +98,7 @@ def _record(spec: Spec, state: LoopState, job: Mapping[str, Any], outcome: str, 
         return
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted((result.metrics or {}).items()) if isinstance(v, (int, float)))
     state.events.append(("Normal", "TrainingSucceeded", f"{name}: v{version} {metrics}"))
-    verdict = loop.judge(spec, result, version, loop.serving_model(spec, state.models))
+    verdict = loop.judge(spec, result, version, loop.serving_version(spec, state.models))
     state.models.append(loop.model_record(result, name, finished, verdict, version))
     last["promoted"] = verdict.promoted
     if verdict.promoted:
@@ -180,8 +180,12 @@ def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str],
 def _start(spec: Spec, state: LoopState, settings: Settings, owned: list[Mapping[str, Any]],
            reason: str, stamp: str) -> str | None:
     version = loop.next_version(state.models, state.training, [_job_version(j) for j in owned])
-    base = (loop.serving_model(spec, state.models) or {}).get("version")
-    job = jobs.training_job(spec, settings, version=version, base_weights=base)
+    serving = loop.serving_model(spec, state.models)
+    base = (serving or {}).get("version")
+    labeled_at_last_run = state.training.get("labeledImagesAtLastRun")
+    job = jobs.training_job(spec, settings, version=version, base_weights=base,
+                            baseline=jobs.Baseline.of(spec, serving),
+                            labeled_at_last_run=int(labeled_at_last_run) if labeled_at_last_run is not None else None)
     name = job["metadata"]["name"]
     try:
         k8s.create(job)  # None when it exists already: the same run, never a second one

@@ -42,11 +42,25 @@ def model(name: str, ns: str, training: dict[str, Any] | None = None, **spec: An
     return body
 
 
-def result(version: int, map50: float, sha: str | None = None) -> dict[str, Any]:
+SOCCER = ["ball", "goalkeeper", "player", "referee"]
+# What the trainer reports for the COCO zoo seed on a soccer dataset: not comparable, the floor decides.
+COCO_SEED = {"version": 0, "reason": "ClassesDiffer",
+             "error": f"the seed model predicts 80 classes (person, bicycle, car, ...), the dataset has {SOCCER}"}
+
+
+def result(version: int, map50: float, sha: str | None = None, vs: tuple[int, float] | None = None,
+           dataset: str = "3") -> dict[str, Any]:
+    """A Succeeded result; `vs`: (serving version, its mAP50 on the same split), else the COCO seed."""
+    baseline = COCO_SEED if vs is None else {"version": vs[0], "metrics": {"mAP50": vs[1], "mAP50_95": vs[1] / 2}}
     return {"status": "Succeeded", "version": version, "onnx": f"v{version}/model.onnx",
             "sha256": sha if sha is not None else f"{version:064x}",
             "metrics": {"mAP50": map50, "mAP50_95": map50 / 2}, "sparsity": 0.8,
-            "datasetVersion": "3", "images": {"train": 16, "valid": 4, "test": 4}}
+            "datasetVersion": dataset, "images": {"train": 16, "valid": 4, "test": 4}, "classNames": SOCCER,
+            "baseline": baseline, "evaluatedOn": {"split": "test", "images": 4, "datasetVersion": dataset}}
+
+
+def server_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(cluster_config["data"]["server.yaml"])
 
 
 async def request_training(cluster: Cluster, ns: str, name: str, value: str) -> None:
@@ -138,6 +152,11 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     container = job["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
     assert args[args.index("--version") + 1] == "1" and args[args.index("--base-weights") + 1] == "yolov5s.yaml"
+    # The champion of run 1 is the seed, named by DeepSparse's COCO names.
+    assert [args[args.index(f) + 1] for f in ("--baseline-model", "--baseline-version", "--baseline-class-names")] \
+        == [MODEL_URI, "0", "coco"]
+    seed_config = server_config(await c.get("configmaps", ns, "soccer-server-config"))
+    assert seed_config["endpoints"][0]["kwargs"] == {"class_names": "coco"}
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert job["metadata"]["ownerReferences"][0]["name"] == "soccer"
     obj = await status_where(c, ns, "soccer", lambda s: (s.get("training") or {}).get("activeJob"), "activeJob")
@@ -148,6 +167,8 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     obj = await status_where(c, ns, "soccer", lambda s: s.get("serving", {}).get("version") == 1, "v1 serving")
     [record] = obj["status"]["models"]
     assert (record["version"], record["promoted"], record["metrics"]["mAP50"]) == (1, True, 0.42)
+    assert record["reason"] == "FloorPassed" and "the floor is the gate" in record["message"]
+    assert record["classNames"] == SOCCER and record["baseline"] == COCO_SEED
     assert obj["status"]["training"]["lastRun"]["result"] == "Succeeded"
     assert obj["status"]["serving"]["sha256"] == f"{1:064x}"
     assert condition(obj, "Training")["status"] == "False"
@@ -158,6 +179,7 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     assert verify["command"][-2:] == ["/models/v1/model.onnx", f"{1:064x}"]
     config = yaml.safe_load((await c.get("configmaps", ns, "soccer-server-config"))["data"]["server.yaml"])
     assert config["endpoints"][0]["model"] == "/models/v1/model.onnx"
+    assert config["endpoints"][0]["kwargs"] == {"class_names": SOCCER}  # v1's own names now
     await raised(c, ns, "soccer", "TrainingSucceeded", "ModelPromoted")
     # GitOps: the operator wrote nothing to metadata but its finalizer (the annotation is the user's).
     assert set(obj["metadata"].get("annotations") or {}) == {"kontinual.io/train-request"}
@@ -169,22 +191,39 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     obj = await status_where(c, ns, "soccer", lambda s: any(
         x["type"] == "Ready" and x["status"] == "True" for x in s.get("conditions", [])), "Ready after rollout")
 
-    # The second run continues from the serving model; a worse candidate is rejected.
+    # The second run continues from the serving model and is compared with it on its own split;
+    # worse than v1 there (0.30 vs 0.35), it is rejected.
     await request_training(c, ns, "soccer", "second")
     job = await wait_job(c, ns, "soccer-train-2")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--base-weights") + 1] == "/models/v1/model.pt"
-    await finish_job(c, ns, "soccer-train-2", result(2, 0.30))
+    assert [args[args.index(f) + 1] for f in ("--baseline-model", "--baseline-version", "--baseline-class-names")] \
+        == ["/models/v1/model.onnx", "1", json.dumps(SOCCER, separators=(",", ":"))]
+    await finish_job(c, ns, "soccer-train-2", result(2, 0.30, vs=(1, 0.35), dataset="4"))
     try:
         obj = await status_where(c, ns, "soccer", lambda s: len(s.get("models", [])) == 2, "v2 recorded")
     except AssertionError:
         print("STATUS", json.dumps((await cr(c, ns, "soccer"))["status"])); raise
     newest = obj["status"]["models"][0]
     assert (newest["version"], newest["promoted"], newest["reason"]) == (2, False, "GateRejected")
+    assert "mAP50 0.3000 vs 0.3500 of v1 on dataset 4 test, 4 images" in newest["message"]
     assert obj["status"]["serving"]["version"] == 1
     assert condition(obj, "Degraded")["status"] == "True" and condition(obj, "Degraded")["reason"] == "GateRejected"
     await raised(c, ns, "soccer", "ModelRejected")
     assert template_version(await c.get("deployments", ns, "soccer-server")) == "1"
+
+    # Run 3 on a harder split: 0.30 is below v1's old 0.42, but v1 scores 0.25 on the same split.
+    await train_once(c, ns, "soccer", 3, result(3, 0.30, vs=(1, 0.25), dataset="5"))
+    obj = await status_where(c, ns, "soccer", lambda s: s.get("serving", {}).get("version") == 3, "v3 serving")
+    newest = obj["status"]["models"][0]
+    assert (newest["version"], newest["promoted"], newest["reason"]) == (3, True, "GatePassed")
+    assert newest["baseline"] == {"version": 1, "metrics": {"mAP50": 0.25, "mAP50_95": 0.125}}
+
+    async def v3_promoted_event() -> list[str] | None:
+        messages = [e["message"] for e in await c.events(ns, "soccer") if e["reason"] == "ModelPromoted"]
+        return messages if any("mAP50 0.3000 vs 0.2500 of v1 on dataset 5 test, 4 images" in m
+                               for m in messages) else None
+    await wait_for(v3_promoted_event, 10, what="the ModelPromoted Event naming both numbers")
 
 
 async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Cluster) -> None:
@@ -214,12 +253,18 @@ async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Clus
     assert obj["status"]["serving"]["version"] == 0
     assert template_version(await c.get("deployments", ns, "m-server")) == "0"
 
+    # A first model below the floor never replaces the seed, though the seed has no number.
+    await train_once(c, ns, "m", 4, result(4, 0.05))
+    obj = await status_where(c, ns, "m", lambda s: len(s.get("models", [])) == 2, "v4 recorded")
+    assert (obj["status"]["models"][0]["promoted"], obj["status"]["models"][0]["reason"]) == (False, "BelowFloor")
+    assert obj["status"]["serving"]["version"] == 0
+
 
 async def test_pinning_and_unpinning(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-pin"
     await c.create(model("m", ns))
-    for version, score in ((1, 0.4), (2, 0.5)):
-        await train_once(c, ns, "m", version, result(version, score))
+    for version, score, vs in ((1, 0.4, None), (2, 0.5, (1, 0.4))):
+        await train_once(c, ns, "m", version, result(version, score, vs=vs))
         await status_where(c, ns, "m", lambda s, v=version: s.get("serving", {}).get("version") == v, f"v{version}")
     await c.patch("continualmodels", ns, "m", {"spec": {"rollout": {"pinnedVersion": 1}}})
     await status_where(c, ns, "m", lambda s: s.get("serving", {}).get("version") == 1, "pinned v1")
@@ -265,7 +310,7 @@ async def test_trigger_during_a_run_is_served_once_after_it(loop_cluster: Cluste
     await finish_job(c, ns, "m-train-1", result(1, 0.5))
     await wait_job(c, ns, "m-train-2")
     obj = await status_where(c, ns, "m", lambda s: not (s.get("training") or {}).get("pending"), "pending served")
-    await finish_job(c, ns, "m-train-2", result(2, 0.6))
+    await finish_job(c, ns, "m-train-2", result(2, 0.6, vs=(1, 0.5)))
     await status_where(c, ns, "m", lambda s: s.get("serving", {}).get("version") == 2, "v2 serving")
     await status_where(c, ns, "m", lambda s: s.get("training", {}).get("runs") == 2, "two runs")
     assert [j["metadata"]["name"] for j in await jobs(c, ns)] == ["m-train-1", "m-train-2"]

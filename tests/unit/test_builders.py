@@ -33,7 +33,8 @@ def make_spec(spec: dict[str, Any] | None = None, name: str = "soccer", namespac
 
 
 def logging_spec(**extra: Any) -> Spec:
-    return make_spec({"classNames": ["ball", "player"],
+    # A seed of the project's own classes: its predictions are the project's pre-annotations.
+    return make_spec({"classNames": ["ball", "player"], "model": {"uri": ZOO, "classNames": ["ball", "player"]},
                       "dataLogging": {"frequency": 25, "uploadPredictions": True, "roboflow": ROBOFLOW}, **extra})
 
 
@@ -96,7 +97,10 @@ def test_server_yaml_is_a_valid_deepsparse_server_config(deepsparse_config: Any,
     assert endpoint.model == builders.model_path(spec.model)
     assert endpoint.batch_size == spec.serving.batch_size
     assert config.num_cores == spec.serving.num_cores
-    assert endpoint.kwargs == ({"class_names": list(spec.class_names)} if spec.class_names else {})
+    names = spec.seed_class_names  # the seed's own: COCO's for the COCO zoo stub, whatever classNames says
+    expected = {"class_names": "coco"} if spec.model.uri == ZOO else (
+        {"class_names": list(names)} if names else {})
+    assert endpoint.kwargs == expected
 
 
 def test_endpoint_route_gives_the_documented_upload_url() -> None:
@@ -397,3 +401,45 @@ def test_building_twice_gives_identical_children() -> None:
     first = builders.serving_children(spec, SETTINGS)
     snapshot = copy.deepcopy(first)
     assert builders.serving_children(spec, SETTINGS) == snapshot
+
+
+# --- class names follow the served model ----------------------------------------------------------
+
+SOCCER = ["ball", "goalkeeper", "player", "referee"]
+
+
+def soccer_logging_spec(**model: Any) -> Spec:
+    return make_spec({"classNames": SOCCER, "model": {"uri": ZOO, **model},
+                      "dataLogging": {"uploadPredictions": True, "roboflow": ROBOFLOW}})
+
+
+def test_coco_seed_is_served_with_cocos_names_and_uploads_no_pre_annotations() -> None:
+    data = server_yaml(soccer_logging_spec())
+    assert data["endpoints"][0]["kwargs"] == {"class_names": "coco"}
+    assert "pipeline_outputs" not in data["endpoints"][0]["data_logging"]  # images only
+    logger = data["loggers"]["roboflow"]
+    assert logger["upload_predictions"] is False and len(logger["class_names"]) == 80
+
+
+def test_trained_version_is_served_with_its_own_names_and_its_boxes_are_uploaded() -> None:
+    spec = soccer_logging_spec()
+    data = server_yaml(spec, ModelTarget.trained(spec, 2, "a" * 64, tuple(SOCCER)))
+    assert data["endpoints"][0]["kwargs"] == {"class_names": SOCCER}
+    assert "pipeline_outputs" in data["endpoints"][0]["data_logging"]
+    assert data["loggers"]["roboflow"]["upload_predictions"] is True
+
+
+def test_version_of_other_classes_than_the_project_uploads_no_pre_annotations() -> None:
+    spec = soccer_logging_spec()
+    data = server_yaml(spec, ModelTarget.trained(spec, 2, None, ("ball", "player")))
+    assert data["endpoints"][0]["kwargs"] == {"class_names": ["ball", "player"]}
+    assert data["loggers"]["roboflow"]["upload_predictions"] is False
+
+
+def test_seed_names_from_the_spec_win_and_the_old_reading_still_works() -> None:
+    own = soccer_logging_spec(classNames=["referee", "player", "goalkeeper", "ball"])
+    data = server_yaml(own)
+    assert data["endpoints"][0]["kwargs"] == {"class_names": ["referee", "player", "goalkeeper", "ball"]}
+    assert data["loggers"]["roboflow"]["upload_predictions"] is True  # same classes as the project
+    legacy = make_spec({"classNames": SOCCER, "model": {"uri": "pvc://store/soccer.onnx"}})
+    assert server_yaml(legacy)["endpoints"][0]["kwargs"] == {"class_names": SOCCER}

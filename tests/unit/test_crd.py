@@ -190,7 +190,7 @@ def test_minimal_example_is_serve_only_and_gets_the_documented_defaults() -> Non
                                "progressDeadlineSeconds": 600}
     assert spec["storage"] == {"pvc": {"claimName": "", "size": "10Gi",
                                        "accessModes": ["ReadWriteOnce"]}}
-    assert spec["rollout"] == {"gate": {"metric": "mAP50", "minDelta": 0.0}, "historyLimit": 5}
+    assert spec["rollout"] == {"gate": {"metric": "mAP50", "minDelta": 0.0, "minValue": 0.1}, "historyLimit": 5}
     assert "dataLogging" not in spec and "training" not in spec
 
 
@@ -200,8 +200,9 @@ def test_soccer_example_uses_the_whole_loop() -> None:
     assert roboflow["apiKeySecretRef"] == {"name": "roboflow", "key": "apiKey"}
     assert spec["training"]["trigger"] == {"schedule": "0 3 * * 0", "minNewLabeledImages": 200}
     assert spec["training"]["recipe"] == {"configMapRef": {"name": "soccer-recipe", "key": "recipe.yaml"}}
-    assert spec["training"]["dataset"] == {"version": "latest"}
-    assert spec["rollout"]["gate"] == {"metric": "mAP50", "minDelta": 0.0}
+    assert spec["training"]["dataset"] == {"version": "latest", "generate": True, "augmentation": {},
+                                           "generateTimeoutSeconds": 900}
+    assert spec["rollout"]["gate"] == {"metric": "mAP50", "minDelta": 0.0, "minValue": 0.2}
     assert spec["dataLogging"]["queueSize"] == 100 and spec["dataLogging"]["metricsPort"] == 9101
 
 
@@ -250,7 +251,8 @@ def test_nested_defaults_apply_only_where_the_parent_exists() -> None:
                                    "apiKeySecretRef": {"name": "rf", "key": "apiKey"},
                                    "split": "train", "batch": "production", "tags": ["production"]}
     training = spec["training"]
-    assert training["trigger"] == {} and training["dataset"] == {"version": "latest"}
+    assert training["trigger"] == {}
+    assert training["dataset"] == {"version": "latest", "generate": True, "generateTimeoutSeconds": 900}
     assert training["recipe"] == {"configMapRef": {"name": "r", "key": "recipe.yaml"}}
     assert (training["epochs"], training["imageSize"], training["batchSize"], training["device"]) == (50, 640, 16, "auto")
     assert (training["activeDeadlineSeconds"], training["backoffLimit"], training["ttlSecondsAfterFinished"]) == (86400, 1, 86400)
@@ -270,7 +272,7 @@ def test_defaulting_keeps_user_values_nulls_and_the_input() -> None:
     assert spec["serving"]["nodeSelector"] == {"zone": "a"}, "non-nullable nulls without a default are pruned"
     assert "dataLogging" not in spec
     assert spec["rollout"]["pinnedVersion"] is None
-    assert spec["rollout"]["gate"] == {"metric": "mAP50", "minDelta": 0.0}
+    assert spec["rollout"]["gate"] == {"metric": "mAP50", "minDelta": 0.0, "minValue": 0.1}
     assert apply_defaults(apply_defaults(cr)) == apply_defaults(cr)
 
 

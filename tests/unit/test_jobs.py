@@ -181,3 +181,53 @@ def test_training_job_needs_training() -> None:
 
 def test_job_is_deterministic() -> None:
     assert job(make_spec(), version=2, base=1) == job(make_spec(), version=2, base=1)
+
+
+# --- champion vs challenger, fresh dataset versions ---------------------------------------------
+
+def test_first_run_compares_with_the_seed_and_later_runs_with_the_serving_version() -> None:
+    spec = make_spec(classNames=["ball", "player"])
+    first = trainer_args(job(spec))
+    assert (first.baseline_model, first.baseline_version, first.baseline_class_names) == (ZOO, 0, "coco")
+    serving = {"version": 3, "promoted": True, "classNames": ["ball", "player"]}
+    manifest = jobs.training_job(spec, SETTINGS, version=4, base_weights=3, baseline=jobs.Baseline.of(spec, serving))
+    later = trainer_args(manifest)
+    assert (later.baseline_model, later.baseline_version) == ("/models/v3/model.onnx", 3)
+    assert later.baseline_class_names == '["ball","player"]'
+
+
+def test_seed_on_another_claim_or_https_reaches_the_trainer_as_a_file() -> None:
+    spec = make_spec(model={"uri": "pvc://store/yolo/seed.onnx", "classNames": ["ball"]})
+    manifest = job(spec)
+    assert arg(trainer(manifest), "--baseline-model") == "/inputs/baseline-claim/yolo/seed.onnx"
+    assert mounts(manifest)["/inputs/baseline-claim"]["persistentVolumeClaim"]["claimName"] == "store"
+    assert arg(trainer(manifest), "--baseline-class-names") == '["ball"]'
+    https = job(make_spec(model={"uri": "https://models.example/seed.onnx"}))
+    fetch = {c["name"]: c for c in https["spec"]["template"]["spec"]["initContainers"]}["fetch-baseline"]
+    assert fetch["command"][-2:] == ["https://models.example/seed.onnx", "/inputs/baseline.onnx"]
+    assert "--baseline-class-names" not in trainer(https)["args"]  # no names known: the trainer checks nc
+
+
+def test_latest_dataset_is_generated_first_with_the_resize_and_no_augmentation() -> None:
+    args = trainer_args(jobs.training_job(make_spec({"imageSize": 320}), SETTINGS, version=2, base_weights=None,
+                                          labeled_at_last_run=140))
+    import json
+
+    assert json.loads(args.generate_version) == {
+        "preprocessing": {"auto-orient": True, "resize": {"width": 320, "height": 320, "format": "Stretch to"}},
+        "augmentation": {}}
+    assert (args.generate_timeout, args.labeled_at_last_run) == (900, 140)
+
+
+def test_generation_takes_the_spec_settings_and_can_be_turned_off() -> None:
+    import json
+
+    spec = make_spec({"dataset": {"preprocessing": {"grayscale": True}, "augmentation": {"flip": {"horizontal": True}},
+                                  "generateTimeoutSeconds": 60}})
+    args = trainer_args(job(spec))
+    settings = json.loads(args.generate_version)
+    assert settings["preprocessing"]["grayscale"] is True and "resize" in settings["preprocessing"]
+    assert settings["augmentation"] == {"flip": {"horizontal": True}} and args.generate_timeout == 60
+    assert args.labeled_at_last_run is None
+    for off in ({"dataset": {"generate": False}}, {"dataset": {"version": "7"}}):
+        assert "--generate-version" not in trainer(job(make_spec(off)))["args"]

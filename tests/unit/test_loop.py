@@ -109,23 +109,93 @@ def test_next_version_counts_failed_runs_and_existing_jobs():
     assert loop.next_version([{"version": 2}], {}, [5]) == 6
 
 
-class TestGate:
-    def test_first_trained_model_replaces_seed(self):
-        v = loop.judge(spec_with(), result(1, 0.1), 1, None)
-        assert v.promoted and v.reason == "FirstTrainedModel"
+def exam(version: int, map50: float | None, baseline: dict | None = None, *, split_images: int = 45,
+         dataset: str = "7") -> TrainingResult:
+    """A result with its baseline: the serving model on the same split of dataset `dataset`."""
+    metrics = {} if map50 is None else {"mAP50": map50, "mAP50_95": map50 / 2}
+    return TrainingResult(status="Succeeded", version=version, onnx=f"v{version}/model.onnx", sha256=SHA,
+                          metrics=metrics, datasetVersion=dataset, baseline=baseline or {},
+                          evaluatedOn={"split": "test", "images": split_images, "datasetVersion": dataset})
 
-    @pytest.mark.parametrize("candidate,delta,promoted", [(0.6, 0.0, True), (0.5, 0.0, True),
-                                                          (0.49, 0.0, False), (0.55, 0.1, False), (0.61, 0.1, True)])
-    def test_against_serving_model(self, candidate, delta, promoted):
+
+def evaluated(version: int, map50: float) -> dict:
+    return {"version": version, "metrics": {"mAP50": map50, "mAP50_95": map50 / 2}}
+
+
+COCO_SEED = {"version": 0, "reason": "ClassesDiffer",
+             "error": "the seed model predicts 80 classes (person, ...), the dataset has ['ball', 'player']"}
+
+
+class TestGate:
+    """The truth table: candidate vs the serving model on the same split, and the floor."""
+
+    @pytest.mark.parametrize("candidate,baseline,delta,promoted", [
+        (0.6, 0.5, 0.0, True), (0.5, 0.5, 0.0, True), (0.49, 0.5, 0.0, False),
+        (0.55, 0.5, 0.1, False), (0.61, 0.5, 0.1, True), (0.45, 0.5, -0.1, True)])
+    def test_better_or_worse_on_the_same_split(self, candidate, baseline, delta, promoted):
         spec = spec_with(rollout={"gate": {"metric": "mAP50", "minDelta": delta}})
-        v = loop.judge(spec, result(2, candidate), 2, {"version": 1, "metrics": {"mAP50": 0.5}})
-        assert v.promoted is promoted
-        assert v.reason == ("GatePassed" if promoted else "GateRejected")
+        v = loop.judge(spec, exam(2, candidate, evaluated(1, baseline)), 2, serving_version=1)
+        assert (v.promoted, v.reason) == (promoted, "GatePassed" if promoted else "GateRejected")
+        assert f"mAP50 {candidate:.4f} vs {baseline:.4f} of v1 on dataset 7 test, 45 images" in v.message
+
+    def test_baseline_numbers_not_the_old_record_decide(self):
+        # v1 scored 0.8 on its own (easier) split long ago; on today's harder split it scores 0.3.
+        # The candidate's 0.4 is worse than 0.8 but better than v1 on the same exam: promoted.
+        v = loop.judge(spec_with(), exam(2, 0.4, evaluated(1, 0.3)), 2, serving_version=1)
+        assert v.promoted and "0.4000 vs 0.3000 of v1" in v.message
+        # And an easier split cannot smuggle a worse model in: 0.9 vs v1's 0.95 on it.
+        assert not loop.judge(spec_with(), exam(2, 0.9, evaluated(1, 0.95)), 2, serving_version=1).promoted
+
+    def test_below_the_floor_is_never_promoted_even_if_better(self):
+        spec = spec_with(rollout={"gate": {"minValue": 0.3}})
+        v = loop.judge(spec, exam(2, 0.25, evaluated(1, 0.1)), 2, serving_version=1)
+        assert (v.promoted, v.reason) == (False, "BelowFloor") and "minValue 0.3" in v.message
+
+    def test_default_floor_is_documented(self):
+        assert spec_with().rollout.gate.min_value == 0.1
+        assert not loop.judge(spec_with(), exam(1, 0.05, COCO_SEED), 1, serving_version=0).promoted
+
+    @pytest.mark.parametrize("candidate,promoted", [(0.09, False), (0.1, True), (0.5, True)])
+    def test_seed_of_other_classes_leaves_the_floor_as_the_gate(self, candidate, promoted):
+        v = loop.judge(spec_with(), exam(1, candidate, COCO_SEED), 1, serving_version=0)
+        assert (v.promoted, v.reason) == (promoted, "FloorPassed" if promoted else "BelowFloor")
+        if promoted:
+            assert "the floor is the gate" in v.message and "80 classes" in v.message
+
+    def test_seed_without_any_baseline_is_judged_by_the_floor_only(self):
+        assert not loop.judge(spec_with(), exam(1, 0.05), 1, serving_version=0).promoted
+        v = loop.judge(spec_with(), exam(1, 0.3), 1, serving_version=0)
+        assert v.promoted and v.reason == "FloorPassed" and "no baseline" in v.message
+
+    def test_seed_of_the_same_classes_is_a_real_champion(self):
+        v = loop.judge(spec_with(), exam(1, 0.3, evaluated(0, 0.6)), 1, serving_version=0)
+        assert (v.promoted, v.reason) == (False, "GateRejected") and "of the seed model (v0)" in v.message
+
+    @pytest.mark.parametrize("baseline", [None, {"version": 1, "reason": "ModelMissing", "error": "no file"}])
+    def test_trained_champion_that_was_not_evaluated_blocks_promotion(self, baseline):
+        v = loop.judge(spec_with(), exam(2, 0.9, baseline), 2, serving_version=1)
+        assert (v.promoted, v.reason) == (False, "BaselineUnavailable")
+
+    def test_trained_champion_of_other_classes_leaves_the_floor(self):
+        other = {"version": 1, "reason": "ClassesDiffer", "error": "v1 predicts ['ball'], the dataset has 2"}
+        assert loop.judge(spec_with(), exam(2, 0.5, other), 2, serving_version=1).reason == "FloorPassed"
+
+    def test_pinned_version_is_the_champion(self):
+        spec = spec_with(rollout={"pinnedVersion": 1})
+        models = [{"version": 1, "promoted": True}, {"version": 2, "promoted": True}]
+        serving = loop.serving_version(spec, models)
+        assert serving == 1
+        assert loop.judge(spec, exam(3, 0.5, evaluated(1, 0.4)), 3, serving).promoted
+        assert not loop.judge(spec, exam(3, 0.5, evaluated(1, 0.6)), 3, serving).promoted
+
+    def test_baseline_of_a_model_that_no_longer_serves_is_not_trusted(self):
+        v = loop.judge(spec_with(), exam(3, 0.9, evaluated(1, 0.1)), 3, serving_version=2)
+        assert (v.promoted, v.reason) == (False, "BaselineChanged")
 
     def test_gate_metric_map50_95(self):
-        spec = spec_with(rollout={"gate": {"metric": "mAP50_95"}})
-        v = loop.judge(spec, result(2, 0.4), 2, {"metrics": {"mAP50_95": 0.3}})  # candidate 0.2
-        assert not v.promoted and "mAP50_95" in v.message
+        spec = spec_with(rollout={"gate": {"metric": "mAP50_95", "minValue": 0.05}})
+        v = loop.judge(spec, exam(2, 0.4, evaluated(1, 0.6)), 2, serving_version=1)  # 0.2 vs 0.3
+        assert not v.promoted and "mAP50_95 0.2000 vs 0.3000" in v.message
 
     @pytest.mark.parametrize("bad,reason", [
         (result(2, sha=None), "ChecksumMissing"),
@@ -135,8 +205,17 @@ class TestGate:
         (result(2, map50=None), "MetricMissing"),
     ])
     def test_malformed_results_never_promoted(self, bad, reason):
-        v = loop.judge(spec_with(), bad, 2, None)
+        v = loop.judge(spec_with(), bad, 2, 0)
         assert not v.promoted and v.reason == reason
+
+    def test_record_carries_both_numbers_and_the_class_names(self):
+        r = exam(2, 0.41, evaluated(1, 0.39))
+        r = TrainingResult(**{**r.__dict__, "classNames": ["ball", "player"], "datasetGenerated": True})
+        verdict = loop.judge(spec_with(), r, 2, 1)
+        record = loop.model_record(r, "soccer-train-2", "2026-12-02T08:00:00Z", verdict, 2)
+        assert record["baseline"] == evaluated(1, 0.39) and record["classNames"] == ["ball", "player"]
+        assert record["evaluatedOn"] == {"split": "test", "images": 45, "datasetVersion": "7"}
+        assert record["datasetGenerated"] is True and record["promoted"]
 
 
 class TestHistory:

@@ -359,3 +359,32 @@ def test_bad_metadata_is_a_spec_error_naming_the_field(metadata: Any, field: str
 def test_values_kubernetes_needs_as_strings_are_checked(serving: dict, field: str) -> None:
     # Otherwise `kontinual render` prints an object the API server rejects.
     assert field in error({"serving": serving})
+
+
+def test_gate_floor_seed_names_and_generation_are_parsed() -> None:
+    body = {"metadata": {"name": "m"}, "spec": {
+        "model": {"uri": "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/base", "classNames": ["a", "b"]},
+        "rollout": {"gate": {"minValue": 0.25}},
+        "dataLogging": {"roboflow": {"workspace": "w", "project": "p", "apiKeySecretRef": {"name": "rf"}}},
+        "training": {"dataset": {"generate": False, "augmentation": {"flip": {"horizontal": True}}}}}}
+    spec = parse(body)
+    assert spec.rollout.gate.min_value == 0.25 and spec.seed_class_names == ("a", "b")
+    assert spec.training is not None and spec.training.generation.enabled is False
+    assert spec.training.generation.augmentation == {"flip": {"horizontal": True}}
+    del body["spec"]["model"]["classNames"]
+    assert len(parse(body).seed_class_names) == 80  # DeepSparse's COCO names for a COCO stub
+
+
+@pytest.mark.parametrize("field,value,message", [
+    (("rollout", "gate", "minValue"), 1.5, "spec.rollout.gate.minValue must be between 0 and 1"),
+    (("model", "classNames"), ["a", "a"], "spec.model.classNames must not repeat a name"),
+    (("classNames",), ["x", "x"], "spec.classNames must not repeat a name"),
+])
+def test_gate_and_class_name_errors_name_the_field(field, value, message) -> None:
+    body: dict = {"metadata": {"name": "m"}, "spec": {"model": {"uri": "zoo:x"}}}
+    node = body["spec"]
+    for key in field[:-1]:
+        node = node.setdefault(key, {})
+    node[field[-1]] = value
+    with pytest.raises(SpecError, match=message):
+        parse(body)

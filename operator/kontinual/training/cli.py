@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -21,9 +22,10 @@ DESCRIPTION = f"""\
 Train a YOLOv5 model with a SparseML recipe, export it to ONNX for DeepSparse, evaluate it, and
 store it as version N on the model claim.
 
-Pipeline: download the Roboflow dataset version (or read --dataset-dir) -> validate it -> train
-with the recipe -> export ONNX (input [1,3,S,S]) -> check it in onnxruntime and DeepSparse ->
-evaluate mAP50 / mAP50-95 of the ONNX on the test split (valid if there is none) -> write
+Pipeline: (with --generate-version, have Roboflow generate a new version) -> download the Roboflow
+dataset version (or read --dataset-dir) -> validate it -> train with the recipe -> export ONNX
+(input [1,3,S,S]) -> check it in onnxruntime and DeepSparse -> evaluate mAP50 / mAP50-95 of the
+ONNX on the test split (valid if there is none), and the --baseline-model on the same split -> write
 <output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json}} (built in
 <output-dir>/.v<N>.tmp-<random>, renamed when complete) -> write the result JSON to --result-file.
 
@@ -53,6 +55,23 @@ def _parser() -> _Parser:
     data.add_argument("--dataset-dir", type=Path, metavar="DIR",
                       help="a local YOLOv5-format dataset (data.yaml + train|valid|test/{images,labels}) "
                            "instead of Roboflow")
+    data.add_argument("--generate-version", metavar="SETTINGS_JSON",
+                      help="with --dataset-version latest: first ask Roboflow to generate a new version with "
+                           "these settings ({\"preprocessing\": {...}, \"augmentation\": {...}}, Roboflow's keys) "
+                           "and train on it")
+    data.add_argument("--generate-timeout", type=float, default=900, metavar="SECONDS",
+                      help="how long to wait for Roboflow to generate the version (default: 900)")
+    data.add_argument("--labeled-at-last-run", type=int, metavar="N",
+                      help="with --generate-version: generate only if the project has more than N annotated images")
+    gate = p.add_argument_group("baseline (the serving model, evaluated on the same split)")
+    gate.add_argument("--baseline-model", metavar="ONNX|zoo:STUB",
+                      help="the serving model's model.onnx (or its zoo: stub), evaluated by the same code on the "
+                           "candidate's evaluation split; the result's baseline reports it or why it could not be")
+    gate.add_argument("--baseline-version", type=int, default=0, metavar="M",
+                      help="the serving model's version (0: the seed model; default: 0)")
+    gate.add_argument("--baseline-class-names", metavar="JSON|coco",
+                      help="the serving model's class names as a JSON list, or coco; a model of other classes "
+                           "than the dataset's is not evaluated (the result says so)")
     model = p.add_argument_group("model")
     model.add_argument("--base-weights", default="yolov5s.yaml", metavar="CONFIG|MODEL_PT",
                        help="a yolov5 model config (yolov5n/s/m/l/x.yaml or a path; random init) or the "
@@ -108,6 +127,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         problems.append(f"--dataset-version must be 'latest' or a number, got {args.dataset_version!r}")
     if args.device not in ("auto", "cpu", "cuda"):  # argparse does not check defaults from the environment
         problems.append(f"--device must be auto, cpu or cuda, got {args.device!r}")
+    if args.generate_version is not None:
+        try:
+            settings = json.loads(args.generate_version)
+        except json.JSONDecodeError as exc:
+            settings = None
+            problems.append(f"--generate-version must be a JSON object: {exc}")
+        if settings is not None and not (isinstance(settings, dict) and
+                                         {"preprocessing", "augmentation"} <= set(settings)):
+            problems.append("--generate-version must be a JSON object with preprocessing and augmentation "
+                            "(each may be {})")
+        if args.dataset_dir is not None or args.dataset_version != "latest":
+            problems.append("--generate-version needs Roboflow and --dataset-version latest")
+    if args.generate_timeout <= 0 or args.baseline_version < 0:
+        problems.append("--generate-timeout must be > 0 and --baseline-version >= 0")
     if args.epochs < 1:
         problems.append("--epochs must be >= 1")
     if args.image_size < 32 or args.image_size % 32:

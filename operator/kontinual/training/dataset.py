@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from kontinual.training.errors import (API_KEY_ENV, DATASET_DOWNLOAD_FAILED, DATASET_EMPTY, DATASET_INVALID,
-                                       INVALID_ARGUMENTS, TrainingError, scrub)
+from kontinual.training.errors import (API_KEY_ENV, DATASET_DOWNLOAD_FAILED, DATASET_EMPTY,
+                                       DATASET_GENERATION_FAILED, DATASET_INVALID, INVALID_ARGUMENTS,
+                                       TrainingError, scrub)
 
 _LOG = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -88,6 +89,58 @@ def _download_once(key: str, workspace: str, project: str, version: str, target:
               roboflow.config.API_URL)
     rf_project.version(int(version)).download("yolov5", location=str(target), overwrite=True)
     return target, version
+
+
+def generate(workspace: str, project: str, settings: dict, *, timeout: float,
+             labeled_at_last_run: int | None, poll_seconds: float = 5.0) -> str | None:
+    """Ask Roboflow for a fresh dataset version and wait (at most `timeout` s) until it is generated.
+
+    Skipped (None) when the project has no more annotated images than `labeled_at_last_run`. The
+    roboflow SDK's generate_version posts the request and returns the new number; generation is
+    asynchronous, and the SDK's own wait has no bound, so the version is polled here, as the SDK
+    does (GET .../<N>?nocache=true until `generating` is false and it has images).
+    """
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key:
+        raise TrainingError(INVALID_ARGUMENTS, f"generating a Roboflow version needs the API key in {API_KEY_ENV}")
+    import roboflow
+    from roboflow.adapters import rfapi
+
+    try:
+        with contextlib.redirect_stdout(_LogLines()):
+            rf_project = roboflow.Roboflow(api_key=key).workspace(workspace).project(project)
+            annotated = int(rf_project.images) - int(rf_project.unannotated)
+            if labeled_at_last_run is not None and annotated <= labeled_at_last_run:
+                _LOG.info("%s/%s has %d annotated images, %d at the last run: no new version generated",
+                          workspace, project, annotated, labeled_at_last_run)
+                return None
+            _LOG.info("generating a new version of %s/%s from %d annotated images (%s)", workspace, project,
+                      annotated, settings)
+            number = int(rf_project.generate_version(settings))
+    except TrainingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError, HTTP errors, KeyError
+        raise TrainingError(DATASET_GENERATION_FAILED, scrub(f"Roboflow refused to generate a new version of "
+                            f"{workspace}/{project}: {type(exc).__name__}: {exc}", key)[:800]) from exc
+    deadline = time.monotonic() + timeout
+    progress, last_error = 0.0, ""
+    while True:
+        try:
+            info = rfapi.get_version(key, workspace, project, str(number), nocache=True).get("version", {})
+            progress = float(info.get("progress") or 0.0)
+            if not info.get("generating") and int(info.get("images") or 0) > 0:
+                _LOG.info("Roboflow generated %s/%s version %d (%s images)", workspace, project, number,
+                          info.get("images"))
+                return str(number)
+        except Exception as exc:  # noqa: BLE001 - a poll that fails is retried until the deadline
+            last_error = scrub(f"{type(exc).__name__}: {exc}", key)[:300]
+        if time.monotonic() >= deadline:
+            raise TrainingError(DATASET_GENERATION_FAILED, f"Roboflow did not finish generating {workspace}/"
+                                f"{project} version {number} within {timeout:.0f}s (progress {progress:.0%})"
+                                + (f"; last error: {last_error}" if last_error else "")
+                                + "; raise spec.training.dataset.generateTimeoutSeconds or retry")
+        _LOG.info("Roboflow is generating version %d: %.0f%%", number, progress * 100)
+        time.sleep(poll_seconds)
 
 
 def _names(data: dict, where: Path) -> list[str]:

@@ -3,6 +3,7 @@
 Reasons (stable, the operator and users match on them):
   InvalidArguments     a flag or environment variable is missing or malformed
   DatasetDownloadFailed  Roboflow could not be reached, refused the key, or the download broke
+  DatasetGenerationFailed  Roboflow refused to generate a new dataset version, or did not finish in time
   DatasetInvalid       the dataset's layout, data.yaml, an image or a label line is wrong
   DatasetEmpty         the training split has no labeled images
   RecipeInvalid        the SparseML recipe cannot be read or applied
@@ -21,6 +22,7 @@ from kontinual.roboflow_api import redact
 
 INVALID_ARGUMENTS = "InvalidArguments"
 DATASET_DOWNLOAD_FAILED = "DatasetDownloadFailed"
+DATASET_GENERATION_FAILED = "DatasetGenerationFailed"
 DATASET_INVALID = "DatasetInvalid"
 DATASET_EMPTY = "DatasetEmpty"
 RECIPE_INVALID = "RecipeInvalid"
@@ -31,7 +33,7 @@ EVALUATION_FAILED = "EvaluationFailed"
 ARTIFACTS_FAILED = "ArtifactsFailed"
 
 REASONS = (
-    INVALID_ARGUMENTS, DATASET_DOWNLOAD_FAILED, DATASET_INVALID, DATASET_EMPTY, RECIPE_INVALID,
+    INVALID_ARGUMENTS, DATASET_DOWNLOAD_FAILED, DATASET_GENERATION_FAILED, DATASET_INVALID, DATASET_EMPTY, RECIPE_INVALID,
     BASE_WEIGHTS_INVALID, TRAINING_FAILED, EXPORT_FAILED, EVALUATION_FAILED, ARTIFACTS_FAILED,
 )
 

@@ -4,6 +4,7 @@ evaluate -> artifacts -> result."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import tempfile
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
     compat.apply_global_fixes()
     from kontinual.training import dataset as datasets
     from kontinual.training.artifacts import VersionFolder, manifest, write_json
+    from kontinual.training.baseline import BaselineModel, evaluate_baseline, parse_class_names
     from kontinual.training.evaluate import evaluate_onnx
     from kontinual.training.export import check_onnx, export_onnx, onnx_conv_sparsity
     from kontinual.training.loop import TrainSettings, train
@@ -58,12 +60,18 @@ def run(args: argparse.Namespace) -> TrainingResult:
     try:
         folder.create()  # first: a taken version fails before any download
         with _step("dataset", timings):
-            version = None
+            version, generated = None, None
             if args.dataset_dir is not None:
                 root = args.dataset_dir
             else:
-                root, version = datasets.download(args.roboflow_workspace, args.roboflow_project,
-                                                  args.dataset_version, work)
+                wanted = args.dataset_version
+                if args.generate_version is not None:
+                    number = datasets.generate(args.roboflow_workspace, args.roboflow_project,
+                                               json.loads(args.generate_version), timeout=args.generate_timeout,
+                                               labeled_at_last_run=args.labeled_at_last_run)
+                    generated = number is not None
+                    wanted = number or wanted
+                root, version = datasets.download(args.roboflow_workspace, args.roboflow_project, wanted, work)
             data = datasets.validate(root)
             data.version = version
         with _step("model", timings):
@@ -95,11 +103,21 @@ def run(args: argparse.Namespace) -> TrainingResult:
             split = data.eval_split
             metrics = evaluate_onnx(onnx_path, data.split_images(split), args.image_size, args.workers,
                                     len(data.names))
+            baseline: dict = {}
+            if args.baseline_model:
+                baseline = evaluate_baseline(
+                    BaselineModel(args.baseline_model, args.baseline_version,
+                                  parse_class_names(args.baseline_class_names)),
+                    data.names, data.split_images(split), image_size=args.image_size,
+                    evaluate=lambda path, size, nc: evaluate_onnx(path, data.split_images(split), size,
+                                                                  args.workers, nc))
+        evaluated_on = {"split": split, "images": data.images[split], "datasetVersion": data.version}
         write_json(folder.file("metrics.json"), {**metrics, "split": split, "images": data.images[split],
-                                                 "imageSize": args.image_size})
+                                                 "imageSize": args.image_size, "baseline": baseline,
+                                                 "evaluatedOn": evaluated_on})
         source = str(args.dataset_dir) if args.dataset_dir is not None else \
             f"roboflow:{args.roboflow_workspace}/{args.roboflow_project}"
-        dataset_info = {"version": data.version, "source": source,
+        dataset_info = {"version": data.version, "source": source, "generated": generated,
                         "names": data.names, "images": data.images, "labeled": data.labeled}
         write_json(folder.file("manifest.json"), manifest(
             folder, dataset=dataset_info,
@@ -119,6 +137,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
             status=SUCCEEDED, version=args.version, onnx=f"v{args.version}/model.onnx", sha256=digest,
             metrics={"mAP50": metrics["mAP50"], "mAP50_95": metrics["mAP50_95"]}, sparsity=round(overall, 4),
             datasetVersion=data.version, images={k: v for k, v in data.images.items()},
+            classNames=list(data.names), baseline=baseline, evaluatedOn=evaluated_on, datasetGenerated=generated,
         )
     finally:
         folder.discard()
