@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import logging
 import time
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import kopf
 from kopf._core.intents.registries import SmartOperatorRegistry  # the default registry's class: adds kopf's login handlers
 
-from kontinual import GROUP, PLURAL, VERSION, k8s
+from kontinual import GROUP, PLURAL, VERSION, k8s, loop, polling
 from kontinual.logs import setup_logging
 from kontinual.reconcile import Outcome, forget, reconcile
 from kontinual.settings import Settings
@@ -31,6 +33,8 @@ FRAMEWORK_API_USAGE: list[tuple[str, str, tuple[str, ...]]] = [
 class _State:
     settings: Settings = Settings()
     last_reconciled: dict[str, float] = {}
+    running: dict[int, float] = {}  # reconciles in progress: token -> monotonic start (for /healthz)
+    tokens = itertools.count()
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -53,8 +57,14 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _State.settings = Settings.from_env()
     configure(settings)
     k8s.load_config()
+    polling.start(_State.settings.poll_workers, _State.settings.roboflow_timeout_seconds, _wake)
     log.info("kontinual operator started: server image %s, trainer image %s",
              _State.settings.server_image, _State.settings.trainer_image)
+
+
+@kopf.on.cleanup(registry=registry)
+def cleanup(**_: Any) -> None:
+    polling.stop()
 
 
 def _emit(body: Any, outcome: Outcome) -> None:
@@ -64,7 +74,12 @@ def _emit(body: Any, outcome: Outcome) -> None:
 
 def _reconcile(body: Any) -> Outcome | None:
     """Reconcile, note when, raise the outcome's Events; None when the object is gone or going."""
-    outcome = reconcile(body, _State.settings)
+    token = next(_State.tokens)
+    _State.running[token] = time.monotonic()
+    try:
+        outcome = reconcile(body, _State.settings)
+    finally:
+        _State.running.pop(token, None)
     if outcome.body is None:
         return None
     _State.last_reconciled[outcome.body["metadata"]["uid"]] = time.monotonic()
@@ -97,6 +112,9 @@ def on_delete(name: str, namespace: str, uid: str, **_: Any) -> None:
     # Children go with the owner (ownerReferences); only our in-memory bookkeeping is ours to drop.
     forget(namespace, name)
     _State.last_reconciled.pop(uid, None)
+    poller = polling.current()
+    if poller is not None:
+        poller.forget(uid)
     log.info("%s/%s deleted; its children are garbage-collected by Kubernetes", namespace, name)
 
 
@@ -105,17 +123,57 @@ def on_delete(name: str, namespace: str, uid: str, **_: Any) -> None:
 def resync(body: kopf.Body, uid: str, **_: Any) -> None:
     """Repair drift no watch event told us about (e.g. a ConfigMap edited by hand)."""
     last = _State.last_reconciled.get(uid, 0.0)
-    if time.monotonic() - last >= _State.settings.resync_seconds:
+    if time.monotonic() - last >= _State.settings.resync_seconds or _poll_due(body, uid):
         _run(body, announce=False)
+
+
+def _poll_due(body: kopf.Body, uid: str) -> bool:
+    """A Roboflow poll is due and none is in flight (the reconcile asks for it; resync may be hours)."""
+    trigger = ((body.get("spec") or {}).get("training") or {}).get("trigger") or {}
+    poller = polling.current()
+    if not trigger.get("minNewLabeledImages") or poller is None or poller.pending(uid):
+        return False
+    training = (body.get("status") or {}).get("training") or {}
+    return loop.poll_due(training, datetime.datetime.now(datetime.timezone.utc))
+
+
+def _wake(namespace: str, name: str) -> None:
+    """Reconcile one object now, outside kopf's handlers (a child changed, or its Roboflow poll finished)."""
+    outcome = _reconcile({"metadata": {"namespace": namespace, "name": name}})
+    if outcome is not None and outcome.error:
+        log.warning("%s/%s: %s", namespace, name, outcome.error)
 
 
 def _on_child(namespace: str, labels: dict[str, str]) -> None:
     parent = labels.get(MODEL_LABEL)
-    if not parent:
-        return
-    outcome = _reconcile({"metadata": {"namespace": namespace, "name": parent}})
-    if outcome is not None and outcome.error:
-        log.warning("%s/%s: %s", namespace, parent, outcome.error)
+    if parent:
+        _wake(namespace, parent)
+
+
+def stuck(oldest_reconcile: float, oldest_poll: float, settings: Settings) -> str | None:
+    """Why the operator should be restarted, if a worker has hung (a poll has a deadline; a reconcile only API calls)."""
+    if oldest_reconcile >= settings.stuck_seconds:
+        return f"a reconcile has been running for {oldest_reconcile:.0f} s (limit {settings.stuck_seconds} s)"
+    if oldest_poll >= settings.roboflow_timeout_seconds + settings.stuck_seconds:
+        return (f"a Roboflow poll has been running for {oldest_poll:.0f} s, past its "
+                f"{settings.roboflow_timeout_seconds} s deadline")
+    return None
+
+
+@kopf.on.probe(id="workers", errors=kopf.ErrorsMode.PERMANENT, registry=registry)
+async def workers_probe(**_: Any) -> dict[str, Any]:
+    """/healthz: fails (HTTP 500) while a reconcile or poll worker hangs, so the kubelet restarts the pod."""
+    now = time.monotonic()
+    oldest_reconcile = max((now - t for t in list(_State.running.values())), default=0.0)
+    poller = polling.current()
+    oldest_poll = poller.oldest_running() if poller is not None else 0.0
+    reason = stuck(oldest_reconcile, oldest_poll, _State.settings)
+    if reason:
+        log.error("unhealthy: %s", reason)
+        raise kopf.PermanentError(reason)
+    running, queued = poller.busy() if poller is not None else (0, 0)
+    return {"reconciles": len(_State.running), "oldestReconcileSeconds": round(oldest_reconcile, 1),
+            "pollsRunning": running, "pollsQueued": queued - running, "oldestPollSeconds": round(oldest_poll, 1)}
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, registry=registry)

@@ -82,6 +82,28 @@ def evaluate_triggers(spec: Spec, training: Mapping[str, Any], *, now: datetime.
     return Triggers(tuple(reasons), fields)
 
 
+MAX_POLL_BACKOFF = 32  # a failing project is polled at most 32 times less often than a healthy one
+
+
+def poll_delay(failures: int, poll_seconds: int) -> int:
+    """Seconds until the next Roboflow poll: the interval, doubled per consecutive failure (capped)."""
+    return poll_seconds * min(MAX_POLL_BACKOFF, 2 ** max(0, failures))
+
+
+def poll_due(training: Mapping[str, Any], now: datetime.datetime) -> bool:
+    """A poll is due when none was ever made, or its `nextPollAt` has passed (restart-safe: all in status)."""
+    due = parse_iso(training.get("nextPollAt"))
+    return due is None or now >= due
+
+
+def polled_fields(training: Mapping[str, Any], *, labeled: int | None, error: str | None,
+                  finished: datetime.datetime, poll_seconds: int) -> dict[str, Any]:
+    """The status.training bookkeeping of one finished poll: when, why it failed, when to poll again."""
+    failures = int(training.get("pollFailures") or 0) + 1 if error else 0
+    return {"lastPolledAt": iso(finished), "pollError": error, "pollFailures": failures or None,
+            "nextPollAt": iso(finished + datetime.timedelta(seconds=poll_delay(failures, poll_seconds)))}
+
+
 def next_version(models: list[Mapping[str, Any]], training: Mapping[str, Any], job_versions: list[int]) -> int:
     """The next run's version: above every version ever recorded or started (failed runs use one too)."""
     seen = [int(m.get("version") or 0) for m in models]
@@ -219,4 +241,5 @@ def mark_rolled_back(models: list[Mapping[str, Any]], version: int, message: str
 
 
 __all__ = ["Triggers", "Verdict", "evaluate_triggers", "judge", "mark_rolled_back", "model_record",
-           "next_version", "prune_history", "serving_model", "serving_version"]
+           "next_version", "poll_delay", "poll_due", "polled_fields", "prune_history", "serving_model",
+           "serving_version"]

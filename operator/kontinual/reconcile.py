@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
 
-from kontinual import builders, classnames, k8s, loop, training_loop
+from kontinual import builders, classnames, k8s, loop, polling, training_loop
 from kontinual.builders import ModelTarget
 from kontinual.settings import Settings
 from kontinual.spec import Spec, SpecError, parse
@@ -113,10 +113,11 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
     events: list[Event] = []
     fields: dict[str, Any] = {}
     models = [dict(m) for m in previous.get("models") or []]
+    poll = None
     try:
         if spec.training is not None:
             state = training_loop.run(spec, previous, meta.get("annotations") or {}, settings, utcnow())
-            models, conditions, events = state.models, state.conditions, state.events
+            models, conditions, events, poll = state.models, state.conditions, state.events, state.poll
             fields["training"] = state.training
         target = serving_target(spec, models)
         deploy = _apply_serving(spec, settings, target)
@@ -136,6 +137,9 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         _report(namespace, name, previous, generation, conditions, {})
         return Outcome(spec=spec, error=message)
 
+    poller = polling.current()
+    if poll is not None and poller is not None:
+        poller.submit(poll)  # never waits: the result comes back through a later reconcile
     wanted_generation = (deploy or {}).get("metadata", {}).get("generation")
     conditions += [Condition(RECONCILED, True, "ChildrenApplied", "server ConfigMap, Deployment, Service and storage match the spec"),
                    availability(deploy, wanted_generation)]

@@ -10,6 +10,7 @@ debug logging (which prints URLs) gets a filter that masks `api_key=` values.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import requests
+
+from kontinual import deadline_http
 
 DEFAULT_API_URL = "https://api.roboflow.com"
 DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
@@ -90,12 +93,12 @@ def _reason(exc: requests.RequestException, secret: str) -> str:
     return type(exc).__name__ + (f" ({redact(errno.group(0).strip(), secret)})" if errno else "")
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(status: int, text: str) -> str:
     """Roboflow's own message from `{"error": {"message": ...}}` (or a short body excerpt)."""
     try:
-        payload = response.json()
+        payload = json.loads(text)
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200].strip() or response.reason}"
+        return f"HTTP {status}: {text[:200].strip() or 'no body'}"
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])
@@ -103,7 +106,7 @@ def _error_message(response: requests.Response) -> str:
         return error
     if isinstance(payload, dict) and payload.get("message"):
         return str(payload["message"])
-    return f"HTTP {response.status_code}: {str(payload)[:200]}"
+    return f"HTTP {status}: {str(payload)[:200]}"
 
 
 def _count(info: Mapping[str, Any], key: str, where: str) -> int:
@@ -136,12 +139,14 @@ class RoboflowClient:
     """Talks to one Roboflow API base URL with one key. Thread-safe (one HTTP session per thread)."""
 
     def __init__(self, api_key: str, api_url: str = DEFAULT_API_URL, *,
-                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, deadline: float | None = None) -> None:
+        """`deadline`: a total limit in seconds for each GET (connect to last byte), see kontinual.deadline_http."""
         if not api_key:
             raise ValueError("a Roboflow API key is required (it comes from a Secret via the environment)")
         self._key = api_key
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
+        self.deadline = deadline
         self._local = threading.local()
 
     def __repr__(self) -> str:  # never the key
@@ -157,19 +162,27 @@ class RoboflowClient:
               ok: tuple[int, ...] = (200,), **kwargs: Any) -> tuple[int, Any]:
         url = f"{self.api_url}/{path.lstrip('/')}"
         query = [("api_key", self._key), *params]
+        if method == "GET" and self.deadline is not None and not kwargs:
+            try:
+                answer = deadline_http.get(url, query, deadline=self.deadline)
+            except OSError as exc:  # DeadlineError, HTTPFailure: messages without the URL's query
+                raise RoboflowError(f"cannot reach Roboflow at {self.api_url}: {redact(str(exc), self._key)}") from None
+            status, text = answer.status, answer.body.decode("utf-8", errors="replace")
+        else:
+            try:
+                response = self._session().request(method, url, params=query, timeout=self.timeout, **kwargs)
+            except requests.RequestException as exc:  # connection refused, timeout, DNS...
+                raise RoboflowError(f"cannot reach Roboflow at {self.api_url}: {_reason(exc, self._key)}") from None
+            status, text = response.status_code, response.text
+        if status not in ok:
+            message = redact(_error_message(status, text), self._key)
+            raise RoboflowError(f"Roboflow answered HTTP {status} to {method} /{redact(path.lstrip('/'))}: {message}",
+                                status=status)
         try:
-            response = self._session().request(method, url, params=query, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:  # connection refused, timeout, DNS...
-            raise RoboflowError(f"cannot reach Roboflow at {self.api_url}: {_reason(exc, self._key)}") from None
-        if response.status_code not in ok:
-            message = redact(_error_message(response), self._key)
-            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} to {method} /{redact(path.lstrip('/'))}: {message}",
-                                status=response.status_code)
-        try:
-            return response.status_code, response.json()
+            return status, json.loads(text)
         except ValueError:
-            raise RoboflowError(f"Roboflow answered HTTP {response.status_code} without JSON to {method} /{path.lstrip('/')}",
-                                status=response.status_code) from None
+            raise RoboflowError(f"Roboflow answered HTTP {status} without JSON to {method} /{path.lstrip('/')}",
+                                status=status) from None
 
     def check_key(self) -> str:
         """The workspace the key belongs to (POST /?api_key=)."""

@@ -29,6 +29,9 @@ class Settings:
     trainer_image: str = f"kontinual/trainer:{__version__}"
     roboflow_api_url: str = "https://api.roboflow.com"
     roboflow_poll_seconds: int = 300  # how often minNewLabeledImages triggers poll Roboflow
+    roboflow_timeout_seconds: int = 20  # total deadline of one poll (connect to last byte)
+    poll_workers: int = 4  # threads for Roboflow polls, apart from the reconciles' workers
+    stuck_seconds: int = 120  # /healthz fails while a reconcile or a poll has run this long
     resync_seconds: int = 60  # periodic reconcile, repairs drift kopf did not see
     health_port: int = 8080  # liveness endpoint: http://HOST:PORT/healthz
     health_host: str = "0.0.0.0"  # all interfaces in a pod (the kubelet probes the pod IP)
@@ -49,6 +52,10 @@ class Settings:
             trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
             roboflow_api_url=env.get("KONTINUAL_ROBOFLOW_API_URL") or default.roboflow_api_url,
             roboflow_poll_seconds=_int(env, "KONTINUAL_ROBOFLOW_POLL_SECONDS", default.roboflow_poll_seconds),
+            roboflow_timeout_seconds=_int(env, "KONTINUAL_ROBOFLOW_TIMEOUT_SECONDS", default.roboflow_timeout_seconds,
+                                          1, 600),
+            poll_workers=_int(env, "KONTINUAL_POLL_WORKERS", default.poll_workers, 1, 64),
+            stuck_seconds=_int(env, "KONTINUAL_STUCK_SECONDS", default.stuck_seconds, 10),
             resync_seconds=_int(env, "KONTINUAL_RESYNC_SECONDS", default.resync_seconds),
             health_port=_int(env, "KONTINUAL_HEALTH_PORT", default.health_port, 1, 65535),
             health_host=env.get("KONTINUAL_HEALTH_HOST") or default.health_host,

@@ -1,4 +1,4 @@
-"""The training loop's I/O: observe training Jobs, read results, poll Roboflow, start the next Job.
+"""The training loop's I/O: observe training Jobs, read results, take Roboflow polls, start the next Job.
 
 Called from the one reconcile with the last status; returns the new status.training, the model
 history, the Training/Degraded conditions and the Events to raise. Job names are deterministic
@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
 
-from kontinual import jobs, k8s, loop
+from kontinual import jobs, k8s, loop, polling
 from kontinual.contract import ResultError, TrainingResult
-from kontinual.roboflow_api import RoboflowClient, RoboflowError, redact
+from kontinual.polling import PollRequest
 from kontinual.settings import Settings
 from kontinual.spec import Spec
 from kontinual.status import DEGRADED, TRAINING, Condition
@@ -32,6 +32,7 @@ class LoopState:
     models: list[dict[str, Any]]
     conditions: list[Condition] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    poll: PollRequest | None = None  # a Roboflow poll to ask for once the serving children are applied
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -116,22 +117,35 @@ def _already_recorded(state: LoopState, version: int) -> bool:
         last.get("version") == version and bool(last.get("finishedAt")))
 
 
-def _poll_labeled(spec: Spec, training: Mapping[str, Any], settings: Settings,
-                  now: datetime.datetime) -> tuple[int | None, str | None]:
-    """Roboflow's annotated-image count when a poll is due: (count, None) or (None, error)."""
+def _poll_request(spec: Spec) -> PollRequest:
+    ds = spec.training.dataset if spec.training else None
+    assert ds is not None
+    return PollRequest(namespace=spec.namespace, name=spec.name, uid=spec.uid, api_url=ds.api_url,
+                       workspace=ds.workspace, project=ds.project, secret_name=ds.api_key.name,
+                       secret_key=ds.api_key.key)
+
+
+def _take_poll(spec: Spec, state: LoopState, settings: Settings, now: datetime.datetime) -> int | None:
+    """Record a finished poll (taken from the poller) and ask for the next one when due; the count or None."""
     assert spec.training is not None
     if not spec.training.trigger.min_new_labeled_images:
-        return None, None
-    last = loop.parse_iso(training.get("lastPolledAt"))
-    if last is not None and (now - last).total_seconds() < settings.roboflow_poll_seconds:
-        return None, None
-    ds = spec.training.dataset
-    key = ""
-    try:
-        key = k8s.secret_value(spec.namespace, ds.api_key.name, ds.api_key.key)
-        return RoboflowClient(key, ds.api_url).project_info(ds.workspace, ds.project).annotated, None
-    except (LookupError, RoboflowError, OSError, ValueError) as exc:
-        return None, redact(f"polling Roboflow project {ds.workspace}/{ds.project} failed: {exc}", key)
+        return None
+    poller = polling.current()
+    request = _poll_request(spec)
+    result = poller.take(spec.uid) if poller is not None else None
+    labeled = None
+    if result is not None and result.source == request.source:
+        previous_error = state.training.get("pollError")
+        state.training.update(loop.polled_fields(state.training, labeled=result.labeled, error=result.error,
+                                                 finished=result.finished, poll_seconds=settings.roboflow_poll_seconds))
+        labeled = result.labeled
+        if result.error:
+            log.warning("%s/%s: %s", spec.namespace, spec.name, result.error)
+            if result.error != previous_error:  # one Event per new error, not one per retry
+                state.events.append(("Warning", "RoboflowPollFailed", result.error))
+    if loop.poll_due(state.training, now):
+        state.poll = request
+    return labeled
 
 
 def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str], settings: Settings,
@@ -150,12 +164,7 @@ def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str],
         elif not _already_recorded(state, _job_version(job)):
             _record(spec, state, job, outcome, stamp)
 
-    labeled, poll_error = _poll_labeled(spec, state.training, settings, now)
-    if labeled is not None or poll_error:
-        state.training["lastPolledAt"] = stamp
-        state.training["pollError"] = poll_error
-        if poll_error:
-            log.warning("%s/%s: %s", spec.namespace, spec.name, poll_error)
+    labeled = _take_poll(spec, state, settings, now)
     triggers = loop.evaluate_triggers(spec, state.training, now=now, labeled=labeled,
                                       train_request=annotations.get(loop.TRAIN_REQUEST_ANNOTATION))
     state.training.update(triggers.fields)

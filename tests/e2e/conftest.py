@@ -8,7 +8,8 @@ discovery pass, which would delay garbage collection of our children). The modul
 separate process authenticated with that ServiceAccount's token, so a rule missing from the
 chart fails the test (`kontinual` fixture). A test module that sets `WATCH_NAMESPACES = [...]`
 gets the chart's namespaced mode (`watchNamespaces`, a Role per namespace) and
-`kontinual operator --namespace ...`; others get the cluster-wide default.
+`kontinual operator --namespace ...`; others get the cluster-wide default. `OPERATOR_ENV = {...}`
+adds environment variables to the operator process (e.g. a short Roboflow poll interval).
 The tier is skipped, loudly, only when the control plane cannot be built on this machine;
 KONTINUAL_E2E_REQUIRED=1 turns that skip into a failure.
 """
@@ -107,6 +108,7 @@ class Operator:
     process: subprocess.Popen[bytes]
     log: Path
     service_account: str
+    health_port: int = 0
 
     def log_text(self, offset: int = 0) -> str:
         return self.log.read_text(errors="replace")[offset:]
@@ -134,14 +136,15 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KONTINUAL_LOG_LEVEL": "INFO",
            "KONTINUAL_SERVER_IMAGE": "kontinual/server:e2e", "KONTINUAL_TRAINER_IMAGE": "kontinual/trainer:e2e",
            # Every reaction these tests wait for must come from a watch event, not the periodic repair.
-           "KONTINUAL_RESYNC_SECONDS": "3600", "KONTINUAL_HEALTH_HOST": "127.0.0.1"}
+           "KONTINUAL_RESYNC_SECONDS": "3600", "KONTINUAL_HEALTH_HOST": "127.0.0.1",
+           **getattr(request.module, "OPERATOR_ENV", {})}  # a module's own knobs, e.g. poll intervals
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
         scope = [arg for namespace in watched for arg in ("--namespace", namespace)] or ["--all-namespaces"]
         process = subprocess.Popen([*command, "operator", *scope, "--health-port", str(health)],
                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
                                    preexec_fn=exit_with_parent)
-    handle = Operator(process, log_path, account)
+    handle = Operator(process, log_path, account, health)
     try:
         wait_for("the operator's liveness endpoint", lambda: operator_alive(handle, health), timeout=60,
                  diagnose=lambda: handle.log_text()[-3000:])

@@ -52,6 +52,9 @@ def _parser() -> _Parser:
     data.add_argument("--roboflow-project", metavar="PROJECT", help="Roboflow project (URL name)")
     data.add_argument("--dataset-version", default="latest", metavar="latest|N",
                       help="Roboflow dataset version to train on (default: latest)")
+    data.add_argument("--download-timeout", type=float, default=1800.0, metavar="SECONDS",
+                      help="the whole Roboflow download (versions, export, zip) must finish within this "
+                           "(default: 1800)")
     data.add_argument("--dataset-dir", type=Path, metavar="DIR",
                       help="a local YOLOv5-format dataset (data.yaml + train|valid|test/{images,labels}) "
                            "instead of Roboflow")
@@ -141,6 +144,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             problems.append("--generate-version needs Roboflow and --dataset-version latest")
     if args.generate_timeout <= 0 or args.baseline_version < 0:
         problems.append("--generate-timeout must be > 0 and --baseline-version >= 0")
+    if args.download_timeout <= 0:
+        problems.append("--download-timeout must be > 0 seconds")
     if args.epochs < 1:
         problems.append("--epochs must be >= 1")
     if args.image_size < 32 or args.image_size % 32:

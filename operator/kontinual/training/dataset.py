@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -20,6 +22,8 @@ _LOG = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_DEADLINE = 1800.0  # seconds for the whole download, all attempts (--download-timeout)
+T = TypeVar("T")
 MAX_PROBLEMS_SHOWN = 8
 
 
@@ -52,25 +56,69 @@ class _LogLines(io.TextIOBase):
         return len(text)
 
 
-def download(workspace: str, project: str, version: str, parent: Path) -> tuple[Path, str]:
-    """Download `workspace/project` version N (or the latest) in YOLOv5 format into a fresh folder."""
+class _Overdue(Exception):
+    """The SDK call did not return within the download's deadline."""
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """`call()`, or _Overdue after `seconds`: the roboflow SDK has no timeouts and polls an export forever.
+
+    The call runs in a daemon thread that is abandoned when late; the trainer is a one-shot
+    process, so the thread ends when the process does (it writes only into its own folder).
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="roboflow-download", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    if thread.is_alive():
+        raise _Overdue()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def download(workspace: str, project: str, version: str, parent: Path,
+             deadline: float = DOWNLOAD_DEADLINE) -> tuple[Path, str]:
+    """Download `workspace/project` version N (or the latest) in YOLOv5 format into a fresh folder.
+
+    Every attempt together (version list, export, polling it, the zip) ends within `deadline` s.
+    """
     key = os.environ.get(API_KEY_ENV, "")
     if not key:
         raise TrainingError(INVALID_ARGUMENTS, f"downloading from Roboflow needs the API key in the "
                             f"environment variable {API_KEY_ENV} (or pass --dataset-dir)")
     last_error = ""
+    ends = time.monotonic() + deadline
+    logs = _LogLines()
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         target = parent / f"dataset-{attempt}"  # the SDK skips a folder that exists: always a new one
+        saved = sys.stdout
+        sys.stdout = logs  # the SDK prints progress (and URLs): scrubbed log lines instead
         try:
-            with contextlib.redirect_stdout(_LogLines()):
-                return _download_once(key, workspace, project, version, target)
+            result = _within(ends - time.monotonic(), lambda: _download_once(key, workspace, project, version, target))
+            sys.stdout = saved
+            return result
         except TrainingError:
+            sys.stdout = saved
             raise
+        except _Overdue:
+            # The late thread may still print: stdout stays scrubbed for the rest of this process.
+            raise TrainingError(DATASET_DOWNLOAD_FAILED, f"could not download {workspace}/{project} version "
+                                f"{version} from Roboflow within {deadline:g} s (--download-timeout)"
+                                + (f"; earlier attempts: {last_error}" if last_error else "")) from None
         except Exception as exc:  # noqa: BLE001 - the SDK raises anything from HTTP errors to KeyError
+            sys.stdout = saved
             last_error = scrub(f"{type(exc).__name__}: {exc}", key)[:500]
             _LOG.warning("Roboflow download attempt %d/%d failed: %s", attempt, DOWNLOAD_ATTEMPTS, last_error)
             if attempt < DOWNLOAD_ATTEMPTS:
-                time.sleep(2 * attempt)
+                time.sleep(min(2 * attempt, max(0.0, ends - time.monotonic())))
     raise TrainingError(DATASET_DOWNLOAD_FAILED, f"could not download {workspace}/{project} version "
                         f"{version} from Roboflow after {DOWNLOAD_ATTEMPTS} attempts: {last_error}")
 
@@ -106,32 +154,48 @@ def generate(workspace: str, project: str, settings: dict, *, timeout: float,
     import roboflow
     from roboflow.adapters import rfapi
 
+    deadline = time.monotonic() + timeout  # every SDK call below too: the SDK has no timeouts
+
+    def request() -> int | None:
+        rf_project = roboflow.Roboflow(api_key=key).workspace(workspace).project(project)
+        annotated = int(rf_project.images) - int(rf_project.unannotated)
+        if labeled_at_last_run is not None and annotated <= labeled_at_last_run:
+            _LOG.info("%s/%s has %d annotated images, %d at the last run: no new version generated",
+                      workspace, project, annotated, labeled_at_last_run)
+            return None
+        _LOG.info("generating a new version of %s/%s from %d annotated images (%s)", workspace, project,
+                  annotated, settings)
+        return int(rf_project.generate_version(settings))
+
+    saved, sys.stdout = sys.stdout, _LogLines()  # the SDK prints: scrubbed log lines instead
     try:
-        with contextlib.redirect_stdout(_LogLines()):
-            rf_project = roboflow.Roboflow(api_key=key).workspace(workspace).project(project)
-            annotated = int(rf_project.images) - int(rf_project.unannotated)
-            if labeled_at_last_run is not None and annotated <= labeled_at_last_run:
-                _LOG.info("%s/%s has %d annotated images, %d at the last run: no new version generated",
-                          workspace, project, annotated, labeled_at_last_run)
-                return None
-            _LOG.info("generating a new version of %s/%s from %d annotated images (%s)", workspace, project,
-                      annotated, settings)
-            number = int(rf_project.generate_version(settings))
+        number = _within(deadline - time.monotonic(), request)
+    except _Overdue:  # the late thread may still print: stdout stays scrubbed
+        raise TrainingError(DATASET_GENERATION_FAILED, f"Roboflow did not answer the request to generate a "
+                            f"version of {workspace}/{project} within {timeout:.0f}s; raise "
+                            "spec.training.dataset.generateTimeoutSeconds or retry") from None
     except TrainingError:
+        sys.stdout = saved
         raise
     except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError, HTTP errors, KeyError
+        sys.stdout = saved
         raise TrainingError(DATASET_GENERATION_FAILED, scrub(f"Roboflow refused to generate a new version of "
                             f"{workspace}/{project}: {type(exc).__name__}: {exc}", key)[:800]) from exc
-    deadline = time.monotonic() + timeout
+    sys.stdout = saved
+    if number is None:
+        return None
     progress, last_error = 0.0, ""
     while True:
         try:
-            info = rfapi.get_version(key, workspace, project, str(number), nocache=True).get("version", {})
+            info = _within(max(0.0, deadline - time.monotonic()), lambda: rfapi.get_version(
+                key, workspace, project, str(number), nocache=True)).get("version", {})
             progress = float(info.get("progress") or 0.0)
             if not info.get("generating") and int(info.get("images") or 0) > 0:
                 _LOG.info("Roboflow generated %s/%s version %d (%s images)", workspace, project, number,
                           info.get("images"))
                 return str(number)
+        except _Overdue:
+            last_error = "no answer to the status request"
         except Exception as exc:  # noqa: BLE001 - a poll that fails is retried until the deadline
             last_error = scrub(f"{type(exc).__name__}: {exc}", key)[:300]
         if time.monotonic() >= deadline:
@@ -140,7 +204,7 @@ def generate(workspace: str, project: str, settings: dict, *, timeout: float,
                                 + (f"; last error: {last_error}" if last_error else "")
                                 + "; raise spec.training.dataset.generateTimeoutSeconds or retry")
         _LOG.info("Roboflow is generating version %d: %.0f%%", number, progress * 100)
-        time.sleep(poll_seconds)
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
 
 
 def _names(data: dict, where: Path) -> list[str]:

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> TrainingResult:
                                                labeled_at_last_run=args.labeled_at_last_run)
                     generated = number is not None
                     wanted = number or wanted
-                root, version = datasets.download(args.roboflow_workspace, args.roboflow_project, wanted, work)
+                root, version = datasets.download(args.roboflow_workspace, args.roboflow_project, wanted, work,
+                                                  deadline=args.download_timeout)
             data = datasets.validate(root)
             data.version = version
         with _step("model", timings):
