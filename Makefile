@@ -6,9 +6,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kontinual-installed
+GUARD := $(VENV)/.netguard-installed
 PYTEST := $(BIN)/python -m pytest
 
-# No phoning home, no hub downloads, writable config dirs for yolov5/ultralytics.
+# No analytics (sparsezoo/deepsparse/sparseml look up an analytics host unless NM_DISABLE_ANALYTICS is set),
+# writable config dirs for yolov5/ultralytics. (ultralytics ignores YOLO_OFFLINE: kontinual.training.offline
+# keeps it from probing the internet.)
 export NM_DISABLE_ANALYTICS := 1
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
@@ -18,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: venv test test-unit test-emulator test-serving test-training test-chart test-e2e \
         bench up down clean lock
 
-venv: $(STAMP)
+venv: $(STAMP) $(GUARD)
 
 $(STAMP): requirements/test.txt requirements/dev.txt requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +29,12 @@ $(STAMP): requirements/test.txt requirements/dev.txt requirements/lock.txt pypro
 	$(BIN)/python -m pip install -q -r requirements/test.txt -r requirements/dev.txt -c requirements/lock.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@mkdir -p $(YOLO_CONFIG_DIR)
+	@touch $@
+
+# The egress guard's start-up hook in the venv: every Python process of a test run refuses and
+# records connections off this machine (tests/support/netguard.py; tests/conftest.py turns it on).
+$(GUARD): $(STAMP) tests/support/netguard.py
+	$(BIN)/python tests/support/netguard.py --install-bootstrap
 	@touch $@
 
 # Every tier, in order of speed (unit and emulator first: they fail fast).

@@ -68,7 +68,8 @@ def _run(script: str, tmp_path: Path, *, tools: tuple[str, ...] = ("docker", "ki
     environment = {
         "PATH": f"{shims}:{_system_bin(tmp_path)}", "HOME": str(tmp_path), "SHIM_LOG": str(log),
         "PYTHONPATH": os.pathsep.join(sys.path),
-        "HELM": str(shims / "helm"), "KUBECTL": str(shims / "kubectl"), **env,
+        "HELM": str(shims / "helm"), "KUBECTL": str(shims / "kubectl"),
+        "KTEST_NET_GUARD": os.environ.get("KTEST_NET_GUARD", ""), **env,
     }
     proc = subprocess.run(["bash", str(ROOT / "hack" / script)], capture_output=True, text=True,
                           env=environment, timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def loaded_after_import(*modules: str) -> set[str]:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                             env={"NM_DISABLE_ANALYTICS": "1", "PATH": "/usr/bin:/bin",
-                                 "PYTHONPATH": str(ROOT / "operator")})
+                                 "PYTHONPATH": str(ROOT / "operator"),
+                                 "KTEST_NET_GUARD": os.environ.get("KTEST_NET_GUARD", "")})
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
