@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kontinual-installed
 GUARD := $(VENV)/.netguard-installed
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 PYTEST := $(BIN)/python -m pytest
 
 # No analytics (sparsezoo/deepsparse/sparseml look up an analytics host unless NM_DISABLE_ANALYTICS is set),
@@ -18,7 +20,7 @@ export YOLO_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
 export YOLOV5_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-unit test-emulator test-serving test-training test-chart test-e2e \
+.PHONY: venv check test test-unit test-emulator test-serving test-training test-chart test-e2e \
         bench up down clean lock
 
 venv: $(STAMP) $(GUARD)
@@ -36,6 +38,18 @@ $(STAMP): requirements/test.txt requirements/dev.txt requirements/lock.txt pypro
 $(GUARD): $(STAMP) tests/support/netguard.py
 	$(BIN)/python tests/support/netguard.py --install-bootstrap
 	@touch $@
+
+# Static checks: ruff (pyflakes, pycodestyle, bugbear, simplify, complexity), mypy, and the
+# import-linter contracts of pyproject.toml (the package's layers). Their own venv: .venv-tools.
+$(TOOLS_STAMP): requirements/tools.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q -r requirements/tools.txt
+	@touch $@
+
+check: $(TOOLS_STAMP) venv
+	$(TOOLS)/bin/ruff check operator tests benchmarks
+	$(TOOLS)/bin/mypy --python-executable $(BIN)/python operator/kontinual
+	cd operator && ../$(TOOLS)/bin/lint-imports ../pyproject.toml
 
 # Every tier, in order of speed (unit and emulator first: they fail fast).
 test: venv
@@ -66,7 +80,7 @@ down:
 	bash hack/down.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
 
 # Freeze the test environment into requirements/lock.txt (the images' constraints).
 lock: venv
