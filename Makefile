@@ -21,7 +21,7 @@ export YOLOV5_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv check test test-unit test-emulator test-serving test-training test-chart test-e2e \
-        bench up down clean lock
+        test-node bench up down clean lock
 
 venv: $(STAMP) $(GUARD)
 
@@ -67,6 +67,9 @@ test-chart: venv
 	$(PYTEST) -ra tests/chart
 test-e2e: venv
 	$(PYTEST) -ra tests/e2e
+# A real node (kubelet, kube-proxy, Docker) and the whole loop in real pods; needs root (see tests/node).
+test-node: venv
+	$(PYTEST) -p no:cacheprovider -ra --durations=15 tests/node
 
 bench: venv
 	$(BIN)/python benchmarks/reconcile.py

@@ -224,8 +224,9 @@ def compile_kubernetes(go: Path, source: Path, work: Path, out: Path) -> None:
     root = gopath / "src/k8s.io/kubernetes"
     source.rename(root)  # a real directory, not a symlink: GOPATH mode derives import paths from it
     jobs = os.environ.get("KONTINUAL_GO_BUILD_JOBS", "2")  # ~1.5 GB RAM per compile process
+    # GOCACHE outlives the build: tests/node compiles kubelet & co. from the same tree and reuses it.
     env = {**os.environ, "GOPATH": str(gopath), "GO111MODULE": "off", "CGO_ENABLED": "0",
-           "GOCACHE": str(work / "gocache"), "GOFLAGS": "", "GOTOOLCHAIN": "local",
+           "GOCACHE": str(cache_root() / "gocache"), "GOFLAGS": "", "GOTOOLCHAIN": "local",
            "PATH": f"{go.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     step = time.monotonic()
     openapi_gen = work / "openapi-gen"

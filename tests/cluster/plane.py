@@ -69,8 +69,9 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def make_pki(pki: Path) -> None:
-    """CA, apiserver serving cert (127.0.0.1, localhost, kubernetes.default), admin client cert, SA key."""
+def make_pki(pki: Path, extra_ips: Sequence[str] = ()) -> None:
+    """CA, apiserver serving cert (127.0.0.1, localhost, kubernetes.default, `extra_ips`), admin
+    client cert, SA key."""
     if not shutil.which("openssl"):
         raise ControlPlaneFailed("openssl is needed to create the control plane's certificates")
     pki.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def make_pki(pki: Path) -> None:
          "-subj", "/CN=kontinual-test-ca", "-out", str(pki / "ca.crt")], quiet=True)
     for name, subject, extensions in (
         ("apiserver", "/CN=kube-apiserver",
-         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+         f"subjectAltName=IP:127.0.0.1,{''.join(f'IP:{ip},' for ip in extra_ips)}DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
          "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"),
         ("admin", "/O=system:masters/CN=kontinual-test-admin", "extendedKeyUsage=clientAuth\n"),
     ):
@@ -177,20 +178,23 @@ def https_get(url: str, pki: Path) -> tuple[int, bytes]:
 
 
 def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = (), *,
-       die_with_parent: bool = False) -> ControlPlane:
+       die_with_parent: bool = False, controllers: Sequence[str] = CONTROLLERS,
+       extra_ips: Sequence[str] = (), apiserver_args: Sequence[str] = ()) -> ControlPlane:
     """Starts the control plane in `state_dir` (created; must not hold a running one).
 
     `crds` (YAML files) are installed before the controller manager starts, so its garbage
     collector knows their kinds from the start (it rediscovers new kinds only every 30 s).
     `die_with_parent` (for test fixtures) stops everything if the calling process is killed
     without running `down`; the CLI's `up` leaves it off, its processes outlive it by design.
+    `controllers`, `extra_ips` (more serving-certificate SANs) and `apiserver_args` are for a
+    node on top (tests/node): its Services, node lifecycle and in-cluster clients need them.
     """
     if (state_dir / "state.json").exists():
         raise ControlPlaneFailed(f"{state_dir} already holds a control plane; run `down` first")
     began = time.monotonic()
     pki, logs = state_dir / "pki", state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    make_pki(pki)
+    make_pki(pki, extra_ips)
     log(f"certificates and service-account key created in {time.monotonic() - began:.1f} s")
     etcd_port, etcd_peer, api_port = free_ports(3)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -224,7 +228,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = (), *,
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--api-audiences", "https://kubernetes.default.svc",
             "--service-cluster-ip-range", SERVICE_CIDR, "--allow-privileged",
-            "--profiling=false", "--v", "1"], logs, die_with_parent)
+            "--profiling=false", "--v", "1", *apiserver_args], logs, die_with_parent)
         record(plane, procs)
         api_ready = wait_until("kube-apiserver", procs["kube-apiserver"], logs,
                                lambda: https_get(f"{server}/readyz", pki) == (200, b"ok"))
@@ -238,7 +242,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = (), *,
 
         procs["kube-controller-manager"] = start("kube-controller-manager", [
             str(bin_dir / "kube-controller-manager"), "--kubeconfig", plane.kubeconfig,
-            "--controllers", ",".join(CONTROLLERS), "--leader-elect=false",
+            "--controllers", ",".join(controllers), "--leader-elect=false",
             "--port", "0", "--secure-port", "0",
             "--service-account-private-key-file", str(pki / "sa.key"),
             "--root-ca-file", str(pki / "ca.crt"), "--profiling=false", "--v", "1"], logs, die_with_parent)
@@ -247,7 +251,7 @@ def up(state_dir: Path, bin_dir: Path, crds: Sequence[Path] = (), *,
         cm_ready = wait_until("kube-controller-manager", procs["kube-controller-manager"], logs,
                               lambda: default_token_exists(server, pki))
         log(f"kube-controller-manager ready in {cm_ready:.1f} s "
-            f"(controllers: {', '.join(CONTROLLERS)})")
+            f"(controllers: {', '.join(controllers)})")
     except BaseException:
         down(state_dir)
         raise

@@ -125,11 +125,13 @@ class _Server(ThreadingHTTPServer):
 class RoboflowDouble:
     """`with RoboflowDouble() as rf:` serves Roboflow's API at `rf.url` until the block ends."""
 
-    def __init__(self, *, workspace: str = "acme", api_key: str = "rf-test-key-7c1e2a") -> None:
+    def __init__(self, *, workspace: str = "acme", api_key: str = "rf-test-key-7c1e2a",
+                 host: str = "127.0.0.1") -> None:
         if not any(c.islower() for c in api_key):
             raise ValueError("the roboflow SDK treats keys without lowercase letters as dummies")
         self.workspace = workspace
         self.api_key = api_key
+        self.host = host  # tests/node binds the node's private IP, which pods reach
         self.latency = 0.0
         self.bad_key = False
         self.requests: list[RecordedRequest] = []
@@ -152,14 +154,14 @@ class RoboflowDouble:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://{self.host}:{self._port}"
 
     def up(self) -> None:
         """Start listening (on the same port again after `down()`)."""
         if self._server is not None:
             return
         handler = type("Handler", (_Handler,), {"double": self})
-        self._server = _Server(("127.0.0.1", self._port), handler)
+        self._server = _Server((self.host, self._port), handler)
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="roboflow-double", daemon=True)
         self._thread.start()

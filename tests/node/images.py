@@ -1,0 +1,160 @@
+"""Builds the images of images/ with Docker on a locally made Debian 12 base, cached by content hash.
+
+No registry can be pulled here, so the Dockerfiles' `PYTHON_IMAGE` build argument (default:
+the public python:3.11-slim-bookworm) gets a Debian 12 image made with debootstrap from the
+Debian mirror apt uses, with Debian's Python 3.11. Each image is tagged
+`kontinual/<name>:node-<hash>` where the hash covers the Dockerfile, its build context (the
+files its .dockerignore lets through), the build arguments and the base image's id: a warm
+run finds the tag and builds nothing; a changed file rebuilds (Docker's layer cache keeps the
+torch layers) and the superseded tag is removed. `images/` itself is never changed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.cluster.build import BuildFailed, DEBIAN_MIRROR, cache_root, exclusive, log, run
+from tests.node.host import docker_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_RECIPE = "1"  # bump when the base's package list changes
+BASE_PACKAGES = ("python3", "python3-venv", "python3-dev", "python-is-python3", "ca-certificates")
+BASE_REPO = "kontinual/debian-python"
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+# The PyTorch CPU index is not reachable here; PyPI's torch (the version the lock pins) is.
+BUILD_ARGS = {
+    "operator": {},
+    "server": {"TORCH_INDEX_URL": "https://pypi.org/simple"},
+    "trainer": {"TORCH_VARIANT": "cuda"},
+}
+
+
+def docker(*args: str, env: dict[str, str] | None = None) -> str:
+    return run([docker_cli(), *args], cwd=ROOT, env=env, quiet=True)
+
+
+def image_id(ref: str) -> str | None:
+    proc = subprocess.run([docker_cli(), "image", "inspect", "--format", "{{.Id}}", ref],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def ensure_base() -> str:
+    """The Debian 12 + Python 3.11 base, trusting the CAs this machine trusts (pip and apt inside
+    the builds go through the same TLS path as the host's)."""
+    rootfs = ensure_rootfs()
+    cas = sorted(LOCAL_CAS.glob("*.crt"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in cas)).hexdigest()[:8]
+    tag = f"{rootfs}-ca{digest}"
+    if image_id(tag):
+        return tag
+    context = Path(tempfile.mkdtemp(prefix="base-ca-", dir=cache_root()))
+    try:
+        (context / "ca").mkdir()
+        for path in cas:
+            shutil.copy2(path, context / "ca" / path.name)
+        (context / "Dockerfile").write_text(
+            f"FROM {rootfs}\nCOPY ca/ /usr/local/share/ca-certificates/\n"
+            "RUN update-ca-certificates >/dev/null\n")
+        run([docker_cli(), "build", "--network", "none", "-q", "-t", tag, str(context)], quiet=True)
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return tag
+
+
+def ensure_rootfs() -> str:
+    """The Debian 12 + Python 3.11 image from debootstrap (a minute or a few, once per machine)."""
+    tag = f"{BASE_REPO}:bookworm-{BASE_RECIPE}"
+    if image_id(tag):
+        return tag
+    with exclusive(cache_root() / "images.lock"):
+        if image_id(tag):
+            return tag
+        started = time.monotonic()
+        log(f"making the base image {tag} with debootstrap (once per machine)")
+        rootfs = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=cache_root()))
+        try:
+            mirror = os.environ.get("KONTINUAL_DEBIAN_MIRROR", DEBIAN_MIRROR)
+            run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                 "bookworm", str(rootfs), mirror], quiet=True)
+            (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} bookworm main\n")
+            shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+            (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            imported = subprocess.run([docker_cli(), "import", "--change", 'CMD ["python3"]', "-", tag],
+                                      stdin=tar.stdout, capture_output=True, text=True)
+            tar.wait()
+            if imported.returncode != 0 or tar.returncode != 0:
+                raise BuildFailed(f"docker import of the base failed: {imported.stderr[-2000:]}")
+        finally:
+            shutil.rmtree(rootfs, ignore_errors=True)
+        log(f"base image {tag} made in {time.monotonic() - started:.0f} s")
+        return tag
+
+
+def context_files(name: str) -> list[Path]:
+    """The files of the build context that images/<name>/Dockerfile.dockerignore lets through."""
+    patterns = [line.strip() for line in (ROOT / f"images/{name}/Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    kept = []
+    for path in sorted(p for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts
+                       and ".venv" not in p.parts):
+        rel = path.relative_to(ROOT).as_posix()
+        included = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            body = pattern[1:] if negate else pattern
+            body = body.rstrip("/")
+            hit = (fnmatch.fnmatch(rel, body) or rel.startswith(body + "/") or body == "*"
+                   or (body.startswith("**/") and (fnmatch.fnmatch(rel, body[3:])
+                                                   or any(fnmatch.fnmatch(part, body[3:]) for part in rel.split("/")))))
+            if hit:
+                included = negate
+        if included:
+            kept.append(path)
+    return kept
+
+
+def content_hash(name: str, base_id: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(base_id.encode())
+    for key, value in sorted(BUILD_ARGS[name].items()):
+        digest.update(f"{key}={value}\n".encode())
+    for path in [ROOT / f"images/{name}/Dockerfile", *context_files(name)]:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def ensure_image(name: str) -> str:
+    """`kontinual/<name>:node-<hash>`, built now unless a run before built the same content."""
+    base = ensure_base()
+    tag = f"kontinual/{name}:node-{content_hash(name, image_id(base) or base)}"
+    if image_id(tag):
+        return tag
+    with exclusive(cache_root() / f"image-{name}.lock"):
+        if image_id(tag):
+            return tag
+        started = time.monotonic()
+        log(f"building {tag} from images/{name}/Dockerfile (cold: minutes)")
+        args = [arg for key, value in {"PYTHON_IMAGE": base, **BUILD_ARGS[name]}.items()
+                for arg in ("--build-arg", f"{key}={value}")]
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        stale = [ref for ref in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
+                                       f"kontinual/{name}").split() if ref.split(":")[-1].startswith("node-")]
+        docker("build", "--network", "host", "--progress", "plain", "-f", f"images/{name}/Dockerfile",
+               *args, "-t", tag, str(ROOT), env=env)
+        for ref in stale:
+            subprocess.run([docker_cli(), "image", "rm", ref], capture_output=True)
+        log(f"built {tag} in {time.monotonic() - started:.0f} s")
+        return tag
+
+
+def ensure_images(names: tuple[str, ...] = ("operator", "server", "trainer")) -> dict[str, str]:
+    return {name: ensure_image(name) for name in names}
