@@ -3,6 +3,9 @@
 Children are applied with JSON merge-patch under one field manager (and created on 404): the
 patch carries the whole desired object, so lists we own (containers, volumes, env) are replaced
 as a whole and hand edits to them are undone; fields we never set are left to their owners.
+An existing object is patched only if its controller ownerReference is the desired one's (the
+same ContinualModel uid), checked on the object as read and pinned by its resourceVersion, so
+the operator never takes over (and the garbage collector never deletes) another team's object.
 Every resource and verb used here is declared in `API_USAGE`, from which the Helm chart's RBAC
 is checked (tests/chart), so the code and the chart cannot drift apart.
 """
@@ -63,6 +66,34 @@ RESOURCES: dict[str, Resource] = {
 }
 STATUS = Resource(GROUP, VERSION, f"{PLURAL}/status", ("get", "patch"))
 
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+class ChildConflict(Exception):
+    """An object with a child's name exists but is not controlled by this ContinualModel: left unchanged."""
+
+    def __init__(self, kind: str, namespace: str, name: str, controller: str) -> None:
+        super().__init__(f"{kind} {namespace}/{name} exists and is not controlled by this ContinualModel "
+                         f"({controller}); Kontinual leaves it unchanged: rename the ContinualModel or remove "
+                         f"that {kind}")
+        self.kind, self.namespace, self.name = kind, namespace, name
+
+
+def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference with controller: true, if any."""
+    return next((ref for ref in (obj.get("metadata") or {}).get("ownerReferences") or [] if ref.get("controller")),
+                None)
+
+
+def _check_controller(desired: dict[str, Any], existing: dict[str, Any]) -> None:
+    wanted, found = controller_of(desired), controller_of(existing)
+    if (wanted or {}).get("uid") == (found or {}).get("uid"):
+        return
+    meta = desired["metadata"]
+    owner = f"controlled by {found.get('kind')} {found.get('name')}" if found else "it has no controller"
+    raise ChildConflict(desired["kind"], meta["namespace"], meta["name"], owner)
+
+
 _client: client.ApiClient | None = None
 _lock = threading.Lock()
 
@@ -91,11 +122,11 @@ def _api() -> client.ApiClient:
 
 
 def _call(method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-          query: list[tuple[str, str]] | None = None) -> Any:
+          query: list[tuple[str, str]] | None = None, accept: str = "application/json") -> Any:
     return _api().call_api(
         path, method,
         query_params=query or [],
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        header_params={"Content-Type": content_type, "Accept": accept},
         body=body,
         response_types_map={200: "object", 201: "object"},
         auth_settings=["BearerToken"],
@@ -127,46 +158,82 @@ def list_objects(kind: str, namespace: str, label_selector: str = "") -> list[di
 
 
 def apply(obj: dict[str, Any], *, metadata_only: bool = False) -> dict[str, Any]:
-    """Make the object match `obj`: merge-patch it, or create it when absent.
+    """Make the object match `obj`: create it when absent, else merge-patch it if `obj`'s controller owns it.
 
-    `metadata_only` patches only labels/ownerReferences of an existing object (for kinds
-    whose spec is immutable once created, like PersistentVolumeClaims).
+    An existing object whose controller ownerReference is not `obj`'s raises ChildConflict and is
+    not touched. The patch is pinned to the resourceVersion the check saw (a 409 re-reads and
+    re-checks), so an object replaced in between is never patched either. `metadata_only`
+    patches only labels/ownerReferences (for kinds whose spec is immutable, like PVCs).
     """
     resource = RESOURCES[obj["kind"]]
     meta = obj["metadata"]
     path = resource.path(meta["namespace"], meta["name"])
-    patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences") if k in meta}} if metadata_only else obj
-    try:
-        return _call("PATCH", path, patch, content_type="application/merge-patch+json",
-                     query=[("fieldManager", FIELD_MANAGER)])
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    try:
-        return _call("POST", resource.path(meta["namespace"]), obj, query=[("fieldManager", FIELD_MANAGER)])
-    except ApiException as exc:
-        if exc.status == 409:  # created concurrently: patch it on the next reconcile
-            return get(obj["kind"], meta["namespace"], meta["name"]) or obj
-        raise
+    for _ in range(3):
+        existing = get(obj["kind"], meta["namespace"], meta["name"])
+        if existing is None:
+            try:
+                return _call("POST", resource.path(meta["namespace"]), obj, query=[("fieldManager", FIELD_MANAGER)])
+            except ApiException as exc:
+                if exc.status != 409:  # 409: created concurrently; check whose it is
+                    raise
+                continue
+        _check_controller(obj, existing)
+        patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences") if k in meta}} if metadata_only else obj
+        patch = {**patch, "metadata": {**patch["metadata"],
+                                       "resourceVersion": existing["metadata"].get("resourceVersion")}}
+        try:
+            return _call("PATCH", path, patch, content_type="application/merge-patch+json",
+                         query=[("fieldManager", FIELD_MANAGER)])
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # deleted or changed since the read: read and check again
+                raise
+    raise ApiException(status=409, reason=f"{obj['kind']} {meta['namespace']}/{meta['name']} kept changing "
+                                          "while it was applied; retried on the next reconcile")
 
 
 def create(obj: dict[str, Any]) -> dict[str, Any] | None:
-    """Create once; None if it already exists (names are deterministic, so this is idempotent)."""
+    """Create once; None if it already exists and is ours (names are deterministic, so this is idempotent).
+
+    An existing object of that name with another controller raises ChildConflict.
+    """
     meta = obj["metadata"]
     try:
         return _call("POST", RESOURCES[obj["kind"]].path(meta["namespace"]), obj,
                      query=[("fieldManager", FIELD_MANAGER)])
     except ApiException as exc:
-        if exc.status == 409:
+        if exc.status != 409:
+            raise
+    existing = get(obj["kind"], meta["namespace"], meta["name"])
+    if existing is not None:
+        _check_controller(obj, existing)
+    return None
+
+
+def secret_labels(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's labels, None if it does not exist. Only its metadata is fetched: never its values."""
+    try:
+        meta = _call("GET", RESOURCES["Secret"].path(namespace, name), accept=PARTIAL_METADATA)
+    except ApiException as exc:
+        if exc.status == 404:
             return None
         raise
+    return dict((meta.get("metadata") or {}).get("labels") or {})
 
 
-def secret_value(namespace: str, name: str, key: str) -> str:
-    """One key of a Secret, decoded; a missing Secret or key raises LookupError naming which."""
-    secret = get("Secret", namespace, name)
+def secret_value(namespace: str, name: str, key: str, *, label: str) -> str:
+    """One key of a Secret that carries `label: "true"`, decoded; otherwise LookupError naming what is wrong.
+
+    The label is checked on the Secret's metadata before its values are fetched at all, and
+    again on the full object (it may have changed in between).
+    """
+    labels = secret_labels(namespace, name)
+    if labels is not None and labels.get(label) != "true":
+        raise LookupError(f"Secret {namespace}/{name} is not labelled {label}=true")
+    secret = get("Secret", namespace, name) if labels is not None else None
     if secret is None:
         raise LookupError(f"Secret {namespace}/{name} not found")
+    if ((secret.get("metadata") or {}).get("labels") or {}).get(label) != "true":
+        raise LookupError(f"Secret {namespace}/{name} is not labelled {label}=true")
     raw = (secret.get("data") or {}).get(key)
     if raw is None:
         raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")

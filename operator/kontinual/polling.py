@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kontinual import k8s
+from kontinual.access import SECRET_LABEL
 from kontinual.roboflow_api import RoboflowClient, RoboflowError, redact
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def poll_once(request: PollRequest, deadline: float) -> PollResult:
     key = ""
     labeled, error = None, None
     try:
-        key = k8s.secret_value(request.namespace, request.secret_name, request.secret_key)
+        key = k8s.secret_value(request.namespace, request.secret_name, request.secret_key, label=SECRET_LABEL)
         client = RoboflowClient(key, request.api_url, deadline=deadline)
         labeled = client.project_info(request.workspace, request.project).annotated
     except (LookupError, RoboflowError, OSError, ValueError) as exc:

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from kubernetes.client.rest import ApiException
 
-from kontinual import builders, classnames, k8s, loop, polling, training_loop
+from kontinual import access, builders, classnames, k8s, loop, polling, training_loop
 from kontinual.builders import ModelTarget
 from kontinual.settings import Settings
 from kontinual.spec import Spec, SpecError, parse
@@ -77,10 +77,17 @@ def reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         return replace(_reconcile(fresh, settings), body=fresh)
 
 
-def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget) -> dict[str, Any] | None:
+def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget,
+                   conflicts: list[k8s.ChildConflict]) -> dict[str, Any] | None:
+    """Apply every serving child; one that belongs to someone else is skipped and added to `conflicts`."""
     deploy = None
     for child in builders.serving_children(spec, settings, target):
-        result = k8s.apply(child, metadata_only=child["kind"] == "PersistentVolumeClaim")
+        try:
+            result = k8s.apply(child, metadata_only=child["kind"] == "PersistentVolumeClaim")
+        except k8s.ChildConflict as exc:
+            if all(str(c) != str(exc) for c in conflicts):
+                conflicts.append(exc)
+            continue
         if child["kind"] == "Deployment":
             deploy = result
     return deploy
@@ -103,31 +110,39 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
     kept = parse_conditions(previous.get("conditions"))
     try:
         spec = parse(body, settings)
+        # Before anything that would read or reference a Secret: only Secrets marked for Kontinual.
+        access.check_secrets(spec, k8s.secret_labels)
     except SpecError as exc:
         message = str(exc)
         conditions = [Condition(RECONCILED, False, "InvalidSpec", message), *_kept(kept, AVAILABLE)]
         _report(namespace, name, previous, generation, conditions, {})
         return Outcome(invalid=message)
+    except ApiException as exc:
+        message = f"reading the labels of the Secrets the spec names failed: {k8s.api_error(exc)}"
+        conditions = [Condition(RECONCILED, False, "ApplyFailed", message), *_kept(kept, AVAILABLE)]
+        _report(namespace, name, previous, generation, conditions, {})
+        return Outcome(error=message)
 
     conditions: list[Condition] = []
     events: list[Event] = []
     fields: dict[str, Any] = {}
     models = [dict(m) for m in previous.get("models") or []]
     poll = None
+    conflicts: list[k8s.ChildConflict] = []
     try:
         if spec.training is not None:
             state = training_loop.run(spec, previous, meta.get("annotations") or {}, settings, utcnow())
             models, conditions, events, poll = state.models, state.conditions, state.events, state.poll
             fields["training"] = state.training
         target = serving_target(spec, models)
-        deploy = _apply_serving(spec, settings, target)
+        deploy = _apply_serving(spec, settings, target, conflicts)
         stalled = _stalled_version(deploy)
         if stalled and stalled == target.version and spec.rollout.pinned_version is None:
             # The new model's pods never became ready: go back, and never retry this version by itself.
             message = f"v{stalled} did not become ready within {spec.serving.progress_deadline_seconds}s"
             models = loop.mark_rolled_back(models, stalled, message)
             target = serving_target(spec, models)
-            deploy = _apply_serving(spec, settings, target)
+            deploy = _apply_serving(spec, settings, target, conflicts)
             events.append(("Warning", "RolledBack", f"{message}; serving v{target.version} again"))
             conditions = [c for c in conditions if c.type != DEGRADED]
             conditions.append(Condition(DEGRADED, True, "RolloutFailed", f"{message}; rolled back to v{target.version}"))
@@ -141,8 +156,15 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
     if poll is not None and poller is not None:
         poller.submit(poll)  # never waits: the result comes back through a later reconcile
     wanted_generation = (deploy or {}).get("metadata", {}).get("generation")
-    conditions += [Condition(RECONCILED, True, "ChildrenApplied", "server ConfigMap, Deployment, Service and storage match the spec"),
-                   availability(deploy, wanted_generation)]
+    if conflicts:
+        message = "; ".join(str(c) for c in conflicts)
+        reconciled = Condition(RECONCILED, False, "ChildConflict", message)
+        if kept.get(RECONCILED) != reconciled:  # one Warning per new conflict, not one per reconcile
+            events += [("Warning", "ChildConflict", str(c)) for c in conflicts]
+    else:
+        reconciled = Condition(RECONCILED, True, "ChildrenApplied",
+                               "server ConfigMap, Deployment, Service and storage match the spec")
+    conditions += [reconciled, availability(deploy, wanted_generation)]
     if models or spec.training is not None:
         fields["models"] = models
     fields["serving"] = {

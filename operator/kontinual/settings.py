@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from kontinual import __version__
 
@@ -21,13 +22,27 @@ def _int(env: dict[str, str], name: str, default: int, low: int = 1, high: int =
     return value
 
 
+def _urls(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of http(s) base URLs without credentials, each without its trailing '/'."""
+    urls = tuple(u.strip().rstrip("/") for u in env.get(name, "").split(",") if u.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
+            raise ValueError(f"{name} must list http(s) base URLs without user:password@, got {url!r}")
+    return urls
+
+
 @dataclass(frozen=True)
 class Settings:
     """Defaults the ContinualModel spec can override, and the operator's own knobs."""
 
     server_image: str = f"kontinual/server:{__version__}"
     trainer_image: str = f"kontinual/trainer:{__version__}"
-    roboflow_api_url: str = "https://api.roboflow.com"
+    roboflow_api_url: str = "https://api.roboflow.com"  # the default of spec.*.roboflow.apiUrl; always allowed
+    # Further Roboflow API base URLs a ContinualModel may name (the key is sent there): the admin's
+    # allow-list. http:// only when the admin names it here; nothing else, so no CR author can
+    # make the operator or its pods send a key to a host of their choosing.
+    roboflow_api_urls: tuple[str, ...] = ()
     roboflow_poll_seconds: int = 300  # how often minNewLabeledImages triggers poll Roboflow
     roboflow_timeout_seconds: int = 20  # total deadline of one poll (connect to last byte)
     poll_workers: int = 4  # threads for Roboflow polls, apart from the reconciles' workers
@@ -39,6 +54,12 @@ class Settings:
     log_format: str = "text"  # text | json
     watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
 
+    @property
+    def allowed_roboflow_urls(self) -> tuple[str, ...]:
+        """Every Roboflow API base URL a ContinualModel may use: the default first, then the allow-list."""
+        default = self.roboflow_api_url.rstrip("/")
+        return (default, *(u for u in self.roboflow_api_urls if u != default))
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
@@ -47,10 +68,12 @@ class Settings:
         log_format = env.get("KONTINUAL_LOG_FORMAT", default.log_format)
         if log_format not in ("text", "json"):
             raise ValueError(f"KONTINUAL_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        api_url = (_urls(env, "KONTINUAL_ROBOFLOW_API_URL") or (default.roboflow_api_url,))[0]
         return cls(
             server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
             trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
-            roboflow_api_url=env.get("KONTINUAL_ROBOFLOW_API_URL") or default.roboflow_api_url,
+            roboflow_api_url=api_url,
+            roboflow_api_urls=_urls(env, "KONTINUAL_ROBOFLOW_API_URLS"),
             roboflow_poll_seconds=_int(env, "KONTINUAL_ROBOFLOW_POLL_SECONDS", default.roboflow_poll_seconds),
             roboflow_timeout_seconds=_int(env, "KONTINUAL_ROBOFLOW_TIMEOUT_SECONDS", default.roboflow_timeout_seconds,
                                           1, 600),

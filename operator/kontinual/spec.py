@@ -11,6 +11,7 @@ import datetime
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from croniter import croniter
 
@@ -32,6 +33,20 @@ DEFAULT_MIN_VALUE = 0.1
 DEFAULT_GENERATE_TIMEOUT_SECONDS = 900
 
 
+def no_credentials(uri: str, where: str) -> str:
+    """Refuse `scheme://user:password@host/...`: it would be shown in pod specs, status and logs."""
+    if "://" in uri:
+        try:
+            parts = urlsplit(uri)
+            has_userinfo = "@" in parts.netloc or parts.username is not None
+        except ValueError:
+            raise SpecError(f"{where} is not a valid URL, got {uri!r}") from None
+        if has_userinfo:
+            raise SpecError(f"{where} must not carry credentials (user:password@host); serve the file from a "
+                            "location pods can read without them (a pvc:// claim, or an https URL without userinfo)")
+    return uri
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from: zoo stub, https URL, a path on a PVC, or a file in the image."""
@@ -43,6 +58,7 @@ class ModelSource:
 
     @classmethod
     def parse(cls, uri: str, where: str) -> "ModelSource":
+        no_credentials(uri, where)
         if uri.startswith("zoo:") and len(uri) > 4:
             return cls(uri=uri, scheme="zoo", path=uri)
         if uri.startswith("https://") and len(uri) > 8:
@@ -228,6 +244,14 @@ def _roboflow(r: Reader, settings: Settings, fallback: RoboflowRef | None = None
     api_url = r.str("apiUrl") or (fallback.api_url if fallback else settings.roboflow_api_url)
     if not api_url.startswith(("https://", "http://")):
         raise SpecError(f"{r.path}.apiUrl must be an http(s) URL, got {api_url!r}")
+    no_credentials(api_url, f"{r.path}.apiUrl")
+    allowed = settings.allowed_roboflow_urls
+    if api_url.rstrip("/") not in allowed:
+        # The API key is sent to this URL (by the operator's poll, the server and the trainer):
+        # only the operator's administrator decides where it may go.
+        raise SpecError(f"{r.path}.apiUrl {api_url!r} is not an allowed Roboflow API URL; this operator allows "
+                        f"{', '.join(allowed)} (its administrator sets KONTINUAL_ROBOFLOW_API_URLS, chart value "
+                        "roboflow.allowedApiUrls)")
     return RoboflowRef(
         workspace=pick("workspace"),
         project=pick("project"),
@@ -288,10 +312,10 @@ def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Tra
         dataset_version=version,
         generation=generation,
         trigger=Trigger(schedule=schedule, min_new_labeled_images=trigger.int("minNewLabeledImages", None, minimum=1)),
-        base_weights=r.str("baseWeights"),
+        base_weights=no_credentials(r.str("baseWeights"), "spec.training.baseWeights"),
         recipe=Recipe(
             config_map=recipe.secret_ref("configMapRef", "recipe.yaml") if recipe.has("configMapRef") else None,
-            uri=recipe.str("uri") or None,
+            uri=no_credentials(recipe.str("uri"), "spec.training.recipe.uri") or None,
         ),
         epochs=r.req_int("epochs", 50, minimum=1),
         image_size=image_size,
@@ -371,6 +395,10 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
                         "pre-annotations only while the served model's classes are the project's")
     training = _training(r.sub("training"), settings, logging) if r.present("training") else None
     storage = _storage(r.sub("storage"), name)
+    serving = _serving(r.sub("serving"))
+    if logging and logging.metrics_port == serving.port:
+        raise SpecError(f"spec.dataLogging.metricsPort must differ from spec.serving.port (both are {serving.port}): "
+                        "the server pod listens for inference and for metrics on separate ports")
     return Spec(
         name=name,
         namespace=namespace,
@@ -378,7 +406,7 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
         generation=generation,
         task=task,
         model=model,
-        serving=_serving(r.sub("serving")),
+        serving=serving,
         storage=storage,
         rollout=_rollout(r.sub("rollout")),
         class_names=class_names,

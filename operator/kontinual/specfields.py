@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Secrets and ConfigMaps are named by DNS subdomains: labels joined by dots (`team.roboflow-key`).
+SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class SpecError(ValueError):
@@ -114,5 +116,10 @@ class Reader:
         return value
 
     def secret_ref(self, key: str, default_key: str) -> SecretKeyRef:
+        """A Secret's or ConfigMap's name (a DNS subdomain: dots allowed) and one of its keys."""
         ref = self.sub(key)
-        return SecretKeyRef(name=ref.name("name", required=True), key=ref.str("key", default_key))
+        name = ref.str("name", required=True)
+        if len(name) > 253 or not SUBDOMAIN_RE.match(name):
+            raise SpecError(f"{ref.path}.name must be a Kubernetes object name (lowercase letters, digits, '-' "
+                            f"and '.'), got {name!r}")
+        return SecretKeyRef(name=name, key=ref.str("key", default_key))

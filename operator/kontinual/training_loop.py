@@ -203,6 +203,10 @@ def _start(spec: Spec, state: LoopState, settings: Settings, owned: list[Mapping
         state.events.append(("Warning", "TrainingFailed", message))
         state.conditions.append(Condition(DEGRADED, True, "JobCreateFailed", message))
         return None
+    except k8s.ChildConflict as exc:  # someone else's Job has this run's name: never adopt it
+        state.events.append(("Warning", "ChildConflict", str(exc)))
+        state.conditions.append(Condition(DEGRADED, True, "ChildConflict", f"training run v{version} not started: {exc}"))
+        return None
     state.training.update(runs=int(state.training.get("runs") or 0) + 1, pending=None,
                           lastRun={"job": name, "version": version, "startedAt": stamp, "trigger": reason})
     if state.training.get("lastLabeledImages") is not None:

@@ -166,12 +166,12 @@ def operator_alive(handle: Operator, port: int) -> bool:
         return False
 
 
-def service_account_token(cluster: Cluster, account: str) -> str:
+def service_account_token(cluster: Cluster, account: str, namespace: str = OPERATOR_NAMESPACE) -> str:
     """The token Secret the real token controller creates for the ServiceAccount (Kubernetes 1.20)."""
     secret_name = wait_for(f"a token Secret for ServiceAccount {account}", lambda: next(
-        (ref.name for ref in cluster.core.read_namespaced_service_account(account, OPERATOR_NAMESPACE).secrets or []
+        (ref.name for ref in cluster.core.read_namespaced_service_account(account, namespace).secrets or []
          if ref.name.startswith(f"{account}-token-")), None))
-    secret = cluster.core.read_namespaced_secret(secret_name, OPERATOR_NAMESPACE)
+    secret = cluster.core.read_namespaced_secret(secret_name, namespace)
     return base64.b64decode(secret.data["token"]).decode()
 
 

@@ -14,6 +14,7 @@ from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
 GROUP, VERSION, PLURAL = "kontinual.io", "v1alpha1", "continualmodels"
+SECRET_LABEL = "kontinual.io/allow-continualmodels"  # what a Secret's owner sets to let ContinualModels use it (README)
 T = TypeVar("T")
 
 

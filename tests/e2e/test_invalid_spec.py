@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import Operator
-from tests.e2e.kube import GROUP, PLURAL, VERSION, Cluster, condition, ensure_namespace, get_model, wait_for
+from tests.e2e.kube import GROUP, PLURAL, SECRET_LABEL, VERSION, Cluster, condition, ensure_namespace, get_model, wait_for
 
 NAMESPACE = "e2e-invalid"
 NAME = "nodata"
@@ -23,6 +23,9 @@ def status_of(cluster: Cluster) -> str:
 def model(cluster: Cluster, operator: Operator) -> dict[str, Any]:
     """Training with no Roboflow coordinates anywhere: valid YAML for the schema, a cross-field error."""
     ensure_namespace(cluster, NAMESPACE)
+    # The key the fix below names, marked for Kontinual's use by its owner.
+    cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow", "labels": {SECRET_LABEL: "true"}},
+                                                      "stringData": {"apiKey": "e2e-invalid-key"}})
     return cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "ContinualModel",
         "metadata": {"name": NAME, "namespace": NAMESPACE},

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import Operator
-from tests.e2e.kube import (GROUP, PLURAL, VERSION, Cluster, condition, ensure_namespace, get_model, owned_by,
+from tests.e2e.kube import (GROUP, PLURAL, SECRET_LABEL, VERSION, Cluster, condition, ensure_namespace, get_model, owned_by,
                             play_kubelet_terminated, wait_for)
 
 NAMESPACE = "e2e-training"
@@ -100,7 +100,7 @@ def success(version: int, map50: float) -> str:
 @pytest.fixture(scope="module")
 def model(cluster: Cluster, operator: Operator) -> dict[str, Any]:
     ensure_namespace(cluster, NAMESPACE)
-    cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow"},
+    cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow", "labels": {SECRET_LABEL: "true"}},
                                                       "stringData": {"apiKey": API_KEY}})
     created = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, training_model())
     wait_for("Reconciled=True on loop", lambda: condition(model_now(cluster), "Reconciled").get("status") == "True",

@@ -20,6 +20,7 @@ kmock's HTTP server, discovery, request log (`server.requests`) and object histo
 - the status subresource: the main endpoint ignores status, `/status` changes only status;
 - finalizers and deletionTimestamp (no new finalizers on a deleting object), then DELETED;
 - background garbage collection through ownerReferences (uid), like kube-controller-manager's;
+- `Accept: ...;as=PartialObjectMetadata` on a GET returns only the object's metadata;
 - name, label and ConfigMap-data validation (422), AlreadyExists (409), NotFound (404) Status bodies;
 - optional per-resource admission: the harness plugs in the ContinualModel CRD's structural schema
   (pruning, defaulting, validation), since kmock registers custom resources without one.
@@ -185,6 +186,9 @@ class ApiServer(kmock.KubernetesEmulator):
         obj = self._live((request.resource, request.namespace, request.name))  # type: ignore[arg-type]
         if obj is None:
             raise self._not_found(request, request.name)
+        if "as=PartialObjectMetadata" in request.headers.get("Accept", ""):
+            # The metadata-only representation, as the real server sends it: no spec, data or status.
+            return {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]}
         return obj
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:

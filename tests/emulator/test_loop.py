@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kontinual.access import SECRET_LABEL
 from kontinual.handlers import registry
 from tests.emulator.cluster import Cluster, condition, running_operator, wait_for
 from tests.emulator.test_reconcile import MODEL_URI
@@ -40,6 +41,15 @@ def model(name: str, ns: str, training: dict[str, Any] | None = None, **spec: An
             "spec": {"model": {"uri": MODEL_URI}, "classNames": ["ball", "goalkeeper", "player", "referee"],
                      "training": {"dataset": ROBOFLOW, "epochs": 2, **(training or {})}, **spec}}
     return body
+
+
+async def create_model(cluster: Cluster, body: dict[str, Any], api_key: str = "test-roboflow-key") -> None:
+    """Create the Roboflow key Secret the model names (labelled for Kontinual's use), then the model."""
+    ns = body["metadata"]["namespace"]
+    await cluster.create({"apiVersion": "v1", "kind": "Secret",
+                          "metadata": {"name": "roboflow", "namespace": ns, "labels": {SECRET_LABEL: "true"}},
+                          "data": {"apiKey": base64.b64encode(api_key.encode()).decode()}})
+    await cluster.create(body)
 
 
 SOCCER = ["ball", "goalkeeper", "player", "referee"]
@@ -143,7 +153,7 @@ def template_version(deployment: dict[str, Any]) -> str:
 
 async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-manual"
-    await c.create(model("soccer", ns))
+    await create_model(c, model("soccer", ns))
     await status_where(c, ns, "soccer", lambda s: s.get("observedGeneration"), "first reconcile")
     assert await jobs(c, ns) == []  # no trigger, no run
 
@@ -228,7 +238,7 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
 
 async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-fail"
-    await c.create(model("m", ns))
+    await create_model(c, model("m", ns))
     failed = {"status": "Failed", "reason": "DatasetEmpty", "message": "train/ has no labeled images"}
     await train_once(c, ns, "m", 1, failed, succeeded=False)
     obj = await status_where(c, ns, "m", lambda s: (s.get("training") or {}).get("lastRun", {}).get("result") == "Failed",
@@ -262,7 +272,7 @@ async def test_failed_job_and_bad_checksum_keep_the_old_model(loop_cluster: Clus
 
 async def test_pinning_and_unpinning(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-pin"
-    await c.create(model("m", ns))
+    await create_model(c, model("m", ns))
     for version, score, vs in ((1, 0.4, None), (2, 0.5, (1, 0.4))):
         await train_once(c, ns, "m", version, result(version, score, vs=vs))
         await status_where(c, ns, "m", lambda s, v=version: s.get("serving", {}).get("version") == v, f"v{version}")
@@ -276,7 +286,7 @@ async def test_pinning_and_unpinning(loop_cluster: Cluster) -> None:
 
 async def test_stalled_rollout_is_rolled_back_and_not_retried(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-rollback"
-    await c.create(model("m", ns))
+    await create_model(c, model("m", ns))
     await train_once(c, ns, "m", 1, result(1, 0.5))
     await status_where(c, ns, "m", lambda s: s.get("serving", {}).get("version") == 1, "v1 promoted")
     deployment = await c.get("deployments", ns, "m-server")
@@ -300,7 +310,7 @@ async def test_stalled_rollout_is_rolled_back_and_not_retried(loop_cluster: Clus
 
 async def test_trigger_during_a_run_is_served_once_after_it(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-queue"
-    await c.create(model("m", ns))
+    await create_model(c, model("m", ns))
     await request_training(c, ns, "m", "a")
     await wait_job(c, ns, "m-train-1")
     await request_training(c, ns, "m", "b")
@@ -321,7 +331,7 @@ async def test_operator_restart_mid_run_adopts_the_job(api: Cluster, monkeypatch
     c, ns = api, "t-restart"
     monkeypatch.setenv("KONTINUAL_RESYNC_SECONDS", "1")
     async with running_operator(registry, api.kubeconfig):
-        await c.create(model("m", ns))
+        await create_model(c, model("m", ns))
         await request_training(c, ns, "m", "go")
         await wait_job(c, ns, "m-train-1")
     # The operator is down: the Job finishes meanwhile.
@@ -342,7 +352,7 @@ async def test_operator_restart_mid_run_adopts_the_job(api: Cluster, monkeypatch
 
 async def test_schedule_missed_while_down_runs_once(loop_cluster: Cluster) -> None:
     c, ns = loop_cluster, "t-cron"
-    await c.create(model("m", ns, {"trigger": {"schedule": "0 3 * * *"}}))
+    await create_model(c, model("m", ns, {"trigger": {"schedule": "0 3 * * *"}}))
     obj = await status_where(c, ns, "m", lambda s: (s.get("training") or {}).get("nextScheduledRun"), "next run")
     assert obj["status"]["training"]["nextScheduledRun"].endswith("T03:00:00Z")
     # Pretend the operator slept through three ticks: the run is due since long ago.
@@ -355,22 +365,27 @@ async def test_schedule_missed_while_down_runs_once(loop_cluster: Cluster) -> No
     assert [j["metadata"]["name"] for j in await jobs(c, ns)] == ["m-train-1"]
 
 
-async def test_new_labeled_images_start_a_run(loop_cluster: Cluster) -> None:
-    c, ns = loop_cluster, "t-labeled"
+async def test_new_labeled_images_start_a_run(api: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, ns = api, "t-labeled"
+    monkeypatch.setenv("KONTINUAL_RESYNC_SECONDS", "1")
+    monkeypatch.setenv("KONTINUAL_ROBOFLOW_POLL_SECONDS", "1")
     with RoboflowDouble() as rf:
+        # The test's own operator configuration allows the local double (and nothing else).
+        monkeypatch.setenv("KONTINUAL_ROBOFLOW_API_URLS", rf.url)
         rf.set_annotated("soccer", 100)
-        await c.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "roboflow", "namespace": ns},
-                        "data": {"apiKey": base64.b64encode(rf.api_key.encode()).decode()}})
         dataset = {**ROBOFLOW, "apiUrl": rf.url}
-        await c.create(model("m", ns, {"dataset": dataset, "trigger": {"minNewLabeledImages": 50}}))
-        obj = await status_where(c, ns, "m", lambda s: (s.get("training") or {}).get("labeledImagesAtLastRun") == 100,
-                                 "baseline from the first poll")
-        rf.set_annotated("soccer", 130)
-        await status_where(c, ns, "m", lambda s: s["training"].get("lastLabeledImages") == 130, "second poll")
-        assert await jobs(c, ns) == []
-        rf.set_annotated("soccer", 160)
-        await wait_job(c, ns, "m-train-1")
-        obj = await status_where(c, ns, "m", lambda s: s["training"].get("labeledImagesAtLastRun") == 160, "new baseline")
-        assert "60 new labeled images" in obj["status"]["training"]["lastRun"]["trigger"]
-        assert rf.api_key not in json.dumps(obj)
-        assert all(rf.api_key not in json.dumps(e) for e in await c.events(ns))
+        async with running_operator(registry, api.kubeconfig):
+            await create_model(c, model("m", ns, {"dataset": dataset, "trigger": {"minNewLabeledImages": 50}}),
+                               api_key=rf.api_key)
+            obj = await status_where(c, ns, "m", lambda s: (s.get("training") or {}).get("labeledImagesAtLastRun") == 100,
+                                     "baseline from the first poll")
+            rf.set_annotated("soccer", 130)
+            await status_where(c, ns, "m", lambda s: s["training"].get("lastLabeledImages") == 130, "second poll")
+            assert await jobs(c, ns) == []
+            rf.set_annotated("soccer", 160)
+            await wait_job(c, ns, "m-train-1")
+            obj = await status_where(c, ns, "m", lambda s: s["training"].get("labeledImagesAtLastRun") == 160,
+                                     "new baseline")
+            assert "60 new labeled images" in obj["status"]["training"]["lastRun"]["trigger"]
+            assert rf.api_key not in json.dumps(obj)
+            assert all(rf.api_key not in json.dumps(e) for e in await c.events(ns))

@@ -12,7 +12,7 @@ from kontinual.builders import ModelTarget, model_path
 from kontinual.settings import Settings
 from kontinual.spec import Spec, parse
 
-SETTINGS = Settings(trainer_image="registry.example/kontinual/trainer:1.2.3")
+SETTINGS = Settings(trainer_image="registry.example/kontinual/trainer:1.2.3", roboflow_api_urls=("https://rf.example",))
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
 ROBOFLOW = {"workspace": "acme", "project": "soccer-players", "apiKeySecretRef": {"name": "roboflow", "key": "apiKey"},
             "apiUrl": "https://rf.example"}

@@ -71,7 +71,7 @@ def test_data_logging_defaults_and_api_url_from_settings() -> None:
 
 def test_api_key_ref_key_defaults_to_apiKey_and_url_loses_trailing_slash() -> None:
     rf = dict(ROBOFLOW, apiKeySecretRef={"name": "rf"}, apiUrl="http://127.0.0.1:8080/")
-    spec = parse(cr({"dataLogging": {"roboflow": rf}}), SETTINGS)
+    spec = parse(cr({"dataLogging": {"roboflow": rf}}), Settings(roboflow_api_urls=("http://127.0.0.1:8080",)))
     assert spec.data_logging is not None
     assert spec.data_logging.roboflow.api_key.key == "apiKey"
     assert spec.data_logging.roboflow.api_url == "http://127.0.0.1:8080"
@@ -90,7 +90,8 @@ def test_training_defaults() -> None:
 
 def test_training_dataset_falls_back_to_data_logging_roboflow() -> None:
     logging_rf = dict(ROBOFLOW, apiUrl="https://rf.example")
-    spec = parse(cr({"dataLogging": {"roboflow": logging_rf}, "training": {"dataset": {"version": 7}}}), SETTINGS)
+    spec = parse(cr({"dataLogging": {"roboflow": logging_rf}, "training": {"dataset": {"version": 7}}}),
+                 Settings(roboflow_api_urls=("https://rf.example",)))
     assert spec.training is not None and spec.data_logging is not None
     ds = spec.training.dataset
     assert (ds.workspace, ds.project, ds.api_key, ds.api_url) == (
