@@ -91,6 +91,7 @@ def test_values_reach_the_operator_environment() -> None:
     assert env["KONTINUAL_SERVER_IMAGE"] == "registry.local/srv:0.1.0"
     assert env["KONTINUAL_TRAINER_IMAGE"] == "kontinual/trainer:cuda-1.2.3"
     assert env["KONTINUAL_ROBOFLOW_API_URL"] == "http://roboflow.internal:8000"
+    assert env["KONTINUAL_ROBOFLOW_API_URLS"] == ""  # by default only roboflow.apiUrl is allowed
     assert env["KONTINUAL_ROBOFLOW_POLL_SECONDS"] == "30"
     assert env["KONTINUAL_RESYNC_SECONDS"] == "15"
     assert env["KONTINUAL_LOG_LEVEL"] == "DEBUG"
@@ -186,3 +187,13 @@ def test_rbac_create_false_renders_no_rbac() -> None:
     assert not [m for m in manifests if m["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                                                        "ServiceAccount")]
     assert one(manifests, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+def test_the_roboflow_allow_list_reaches_the_operator_and_the_operator_reads_it() -> None:
+    from kontinual.settings import Settings
+
+    deployment = one(render({"roboflow.allowedApiUrls": "{https://rf.internal,http://10.0.0.5:8080}"}), "Deployment")
+    env = container_env(deployment)
+    assert env["KONTINUAL_ROBOFLOW_API_URLS"] == "https://rf.internal,http://10.0.0.5:8080"
+    assert Settings.from_env(env).allowed_roboflow_urls == (
+        "https://api.roboflow.com", "https://rf.internal", "http://10.0.0.5:8080")

@@ -16,6 +16,7 @@ from typing import Any
 import requests
 
 from kontinual import builders, spec as specs, yamlio
+from kontinual.settings import Settings
 
 CLASS_NAMES = ["ball", "goalkeeper", "player", "referee"]
 READY_TIMEOUT = 120.0
@@ -53,11 +54,17 @@ def continual_model(name: str, model: Path, rf_url: str, *, frequency: int, uplo
     return cr
 
 
+def parse(cr: dict[str, Any]) -> specs.Spec:
+    """The operator's parse, configured (as the tests' own operator would be) to allow the CR's Roboflow double."""
+    url = ((cr["spec"].get("dataLogging") or {}).get("roboflow") or {}).get("apiUrl")
+    return specs.parse(cr, Settings(roboflow_api_urls=(url,) if url else ()))
+
+
 class DeepSparseServer:
     """`with DeepSparseServer(cr, api_key, workdir) as server:` a ready server on 127.0.0.1."""
 
     def __init__(self, cr: dict[str, Any], api_key: str, workdir: Path, **logger_overrides: Any) -> None:
-        self.spec = specs.parse(cr)
+        self.spec = parse(cr)
         self.config = builders.server_config(self.spec)
         # Test-only knobs (shorter back-off, fewer workers) go through the same logger kwargs.
         if logger_overrides:  # test-only knobs (back-off, workers) are logger kwargs too

@@ -12,12 +12,12 @@ import numpy
 import pytest
 from PIL import Image
 
-from kontinual import builders, spec as specs
+from kontinual import builders
 from kontinual.logging_config import LOGGER_NAME, SERVER_PLUGIN_FILE, SERVER_VENV, plugin_file, render_logging
 from kontinual.roboflow_api import RoboflowClient, RoboflowError, with_retries
 from kontinual.serving.capture import RateCap
 from kontinual.serving.encode import encode_jpeg, yolo_annotation
-from tests.serving.server import CLASS_NAMES, continual_model
+from tests.serving.server import CLASS_NAMES, continual_model, parse
 from tests.support.roboflow_double import BAD_KEY_MESSAGE, RoboflowDouble
 
 PROJECT = "soccer-players"
@@ -38,7 +38,7 @@ def _png(width: int = 32, height: int = 24, mode: str = "RGB") -> bytes:
 # -- what the operator renders ---------------------------------------------------------------
 def test_builder_renders_logger_entry_without_secret(tmp_path: Path) -> None:
     cr = continual_model("soccer", tmp_path / "m.onnx", "https://api.roboflow.com", frequency=100, metrics_port=9101)
-    spec = specs.parse(cr)
+    spec = parse(cr)
     config = builders.server_config(spec)
     logger = config["loggers"][LOGGER_NAME]
     file, _, cls = logger["path"].rpartition(":")
@@ -68,7 +68,7 @@ def test_operator_and_server_images_install_kontinual_in_the_same_place() -> Non
 def test_no_outputs_logged_without_upload_predictions(tmp_path: Path) -> None:
     cr = continual_model("soccer", tmp_path / "m.onnx", "https://x", frequency=5, metrics_port=9101,
                          upload_predictions=False)
-    loggers, data_logging = render_logging(specs.parse(cr).data_logging, endpoint="soccer", model_version="3",
+    loggers, data_logging = render_logging(parse(cr).data_logging, endpoint="soccer", model_version="3",
                                            class_names=(), logger_file="/opt/plugin.py")
     assert list(data_logging) == ["pipeline_inputs"]
     assert loggers[LOGGER_NAME]["path"] == "/opt/plugin.py:RoboflowLogger"
