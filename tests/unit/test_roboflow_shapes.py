@@ -8,7 +8,17 @@ from typing import Any
 import pytest
 
 from kontinual import k8s
+from kontinual.access import SECRET_LABEL
 from kontinual.roboflow_api import RoboflowError, parse_project_info
+
+MARKED = {"metadata": {"labels": {SECRET_LABEL: "true"}}}
+
+
+@pytest.fixture(autouse=True)
+def marked_for_kontinual(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Secrets below carry the label that lets the operator read them."""
+    monkeypatch.setattr(k8s, "secret_labels", lambda *_: {SECRET_LABEL: "true"})
+
 
 GOOD = {"project": {"images": 120, "unannotated": 20, "classes": {"ball": 3, "player": 9}},
         "versions": [{"id": "acme/soccer/2"}, {"id": "acme/soccer/1"}]}
@@ -41,20 +51,20 @@ def test_odd_versions_and_classes_are_ignored_not_fatal() -> None:
 ])
 def test_an_unusable_secret_value_is_a_lookup_error_without_the_bytes(raw: bytes, says: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = {"data": {"apiKey": base64.b64encode(raw).decode()}}
+    secret = {**MARKED, "data": {"apiKey": base64.b64encode(raw).decode()}}
     monkeypatch.setattr(k8s, "get", lambda *_: secret)
     with pytest.raises(LookupError) as info:
-        k8s.secret_value("vision", "roboflow", "apiKey")
+        k8s.secret_value("vision", "roboflow", "apiKey", label=SECRET_LABEL)
     assert says in str(info.value) and "Secret vision/roboflow key 'apiKey'" in str(info.value)
     assert repr(raw) not in str(info.value)
 
 
 def test_a_secret_that_is_not_base64_is_a_lookup_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(k8s, "get", lambda *_: {"data": {"apiKey": "not base64!"}})
+    monkeypatch.setattr(k8s, "get", lambda *_: {**MARKED, "data": {"apiKey": "not base64!"}})
     with pytest.raises(LookupError, match="not UTF-8 text"):
-        k8s.secret_value("vision", "roboflow", "apiKey")
+        k8s.secret_value("vision", "roboflow", "apiKey", label=SECRET_LABEL)
 
 
 def test_a_good_secret_value_is_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(k8s, "get", lambda *_: {"data": {"apiKey": base64.b64encode(b"rf-key-1\n").decode()}})
-    assert k8s.secret_value("vision", "roboflow", "apiKey") == "rf-key-1"
+    monkeypatch.setattr(k8s, "get", lambda *_: {**MARKED, "data": {"apiKey": base64.b64encode(b"rf-key-1\n").decode()}})
+    assert k8s.secret_value("vision", "roboflow", "apiKey", label=SECRET_LABEL) == "rf-key-1"
