@@ -55,7 +55,7 @@ def test_a_dripping_server_is_cut_at_the_total_deadline() -> None:
 
 
 def test_the_pool_is_bounded_and_every_call_ends_by_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(k8s, "secret_value", lambda *_: "rf-secret-key")
+    monkeypatch.setattr(k8s, "secret_value", lambda *_, **__: "rf-secret-key")
     woken: list[str] = []
     done = threading.Event()
     marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
@@ -87,7 +87,7 @@ def test_the_pool_is_bounded_and_every_call_ends_by_its_deadline(monkeypatch: py
 
 
 def test_a_poll_that_returns_is_a_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(k8s, "secret_value", lambda *_: "rf-secret-key")
+    monkeypatch.setattr(k8s, "secret_value", lambda *_, **__: "rf-secret-key")
     body = b'{"project": {"images": 30, "unannotated": 4}, "versions": []}'
     with FixedAnswer(body) as server:
         result = polling.poll_once(request("u", server.url), deadline=5)
