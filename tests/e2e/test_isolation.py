@@ -17,12 +17,16 @@ from kubernetes.client.rest import ApiException
 
 from tests.e2e.conftest import Operator
 from tests.e2e.kube import GROUP, PLURAL, VERSION, Cluster, condition, ensure_namespace, get_model, wait_for
+from tests.cluster.plane import free_port
+from tests.e2e.kube import SECRET_LABEL
 from tests.support.badhttp import Dripping
 
 NAMESPACE = "e2e-isolation"
 SLOW = 10
 KEY = "rf-isolation-key-5d1f"
-OPERATOR_ENV = {"KONTINUAL_ROBOFLOW_POLL_SECONDS": "1", "KONTINUAL_ROBOFLOW_TIMEOUT_SECONDS": "4"}
+DRIP_PORT = free_port()  # chosen before the operator starts, so that its allow-list can name the stand-in
+OPERATOR_ENV = {"KONTINUAL_ROBOFLOW_POLL_SECONDS": "1", "KONTINUAL_ROBOFLOW_TIMEOUT_SECONDS": "4",
+                "KONTINUAL_ROBOFLOW_API_URLS": f"http://127.0.0.1:{DRIP_PORT}"}
 
 
 def slow_model(name: str, api_url: str) -> dict[str, Any]:
@@ -50,9 +54,9 @@ def health(kontinual: Operator) -> tuple[int, dict[str, Any]]:
 
 def test_a_dripping_roboflow_does_not_delay_an_unrelated_repair(cluster: Cluster, kontinual: Operator) -> None:
     ensure_namespace(cluster, NAMESPACE)
-    cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow"},
+    cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow", "labels": {SECRET_LABEL: "true"}},
                                                       "data": {"apiKey": base64.b64encode(KEY.encode()).decode()}})
-    with Dripping(interval=2.0) as drip:
+    with Dripping(interval=2.0, port=DRIP_PORT) as drip:
         for i in range(SLOW):
             cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL,
                                                            slow_model(f"slow-{i}", drip.url))

@@ -24,7 +24,7 @@ class _Server(ThreadingHTTPServer):
 class _Base:
     handler: type[BaseHTTPRequestHandler]
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.connections = 0
         self.stopped = threading.Event()
         owner = self
@@ -32,7 +32,7 @@ class _Base:
         class Handler(self.handler):  # type: ignore[misc, valid-type, name-defined]
             server_owner = owner
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", port), Handler)  # a fixed port: an allow-list can name it first
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=type(self).__name__)
 
     @property
@@ -102,8 +102,8 @@ class _DripHandler(BaseHTTPRequestHandler):
 class Dripping(_Base):
     handler = _DripHandler
 
-    def __init__(self, interval: float = 3.0) -> None:
+    def __init__(self, interval: float = 3.0, port: int = 0) -> None:
         self.interval = interval
         self.open_now = 0
-        super().__init__()
+        super().__init__(port)
 
