@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Mapping
 
 from kontinual import GROUP, KIND, VERSION, yamlio
 from kontinual.classnames import COCO_NAMES, same_classes
@@ -22,6 +22,11 @@ STARTUP_PERIOD_SECONDS, STARTUP_FAILURES = 10, 60
 DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "1", "memory": "1536Mi"}, "limits": {"memory": "4Gi"}}
 ANNOTATION_MODEL_VERSION = f"{GROUP}/model-version"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+# On every pod that mounts the model claim: with a single-node (ReadWriteOnce) claim they must
+# all share one node, or the second one to start hits a multi-attach error.
+MOUNTS_MODELS_LABEL = f"{GROUP}/mounts-models"
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+DEFAULT_AUTOSCALING_API = "autoscaling/v2beta2"  # what Kubernetes 1.20 serves; reconcile uses v2 where served
 VERIFY_SCRIPT = (
     "import hashlib, sys\n"
     "h = hashlib.sha256()\n"
@@ -203,6 +208,50 @@ def fetch_container(name: str, image: str, url: str, dest: str, mount: dict[str,
     }
 
 
+def claim_needed(spec: Spec, target: ModelTarget) -> bool:
+    """Something mounts the model claim: training writes to it, or the server reads its model from it."""
+    source = target.source
+    return spec.training is not None or (source.scheme == "pvc" and source.claim == spec.storage.claim_name)
+
+
+def mounts_claim(spec: Spec, target: ModelTarget) -> bool:
+    return target.source.scheme == "pvc" and target.source.claim == spec.storage.claim_name
+
+
+def with_colocation(spec: Spec, affinity: Mapping[str, Any]) -> dict[str, Any]:
+    """`affinity` plus, for a single-node claim, a required pod affinity to the pods that mount it.
+
+    The scheduler lets the first such pod go anywhere (a pod that matches its own term), and
+    ignores finished pods, so a completed training Job does not pin the server's next node.
+    """
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in affinity.items()}
+    if not spec.storage.single_node:
+        return out
+    pod_affinity = dict(out.get("podAffinity") or {})
+    terms = list(pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    terms.append({
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": spec.name, MOUNTS_MODELS_LABEL: "true"}},
+        "topologyKey": HOSTNAME_TOPOLOGY,
+    })
+    pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = terms
+    out["podAffinity"] = pod_affinity
+    return out
+
+
+def colocation_conflict(spec: Spec) -> str | None:
+    """Why training Jobs may not fit on the server's node with a single-node claim, or None."""
+    training = spec.training
+    if training is None or not spec.storage.single_node:
+        return None
+    serving = spec.serving
+    if dict(training.node_selector) == dict(serving.node_selector) and not training.affinity.get("nodeAffinity"):
+        return None
+    return (f"spec.storage.pvc.accessModes {list(spec.storage.access_modes)} lets only one node mount the model "
+            "claim, so training Jobs must run on the server pods' node, but spec.training's nodeSelector/"
+            "nodeAffinity differ from spec.serving's: a Job stays Pending unless that node satisfies both; "
+            "use accessModes [ReadWriteMany] (e.g. NFS, CephFS, EFS) to train on other nodes")
+
+
 def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, list, list]:
     """Volumes, server mounts and init containers that put the model where model_path says."""
     source = target.source
@@ -281,31 +330,65 @@ def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None
         pod_spec["nodeSelector"] = dict(serving.node_selector)
     if serving.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in serving.tolerations]
-    if serving.affinity:
-        pod_spec["affinity"] = dict(serving.affinity)
+    mounted = mounts_claim(spec, target)
+    affinity = with_colocation(spec, serving.affinity) if mounted else dict(serving.affinity)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if serving.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in serving.image_pull_secrets]
+    # "false" rather than absent: a merge patch never removes a label it does not mention.
+    pod_labels = {**labels(spec, "server"), MOUNTS_MODELS_LABEL: "true" if mounted else "false"}
+    deploy_spec: dict[str, Any] = {
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": serving.progress_deadline_seconds,
+        "selector": {"matchLabels": selector(spec, "server")},
+        # maxUnavailable 0: a new pod must be ready before an old one goes, so no request is lost.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {
+                    ANNOTATION_MODEL_VERSION: str(target.version),
+                    ANNOTATION_CONFIG_HASH: config_hash(config),
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if serving.autoscaling is None:
+        # With autoscaling the HPA owns the replica count: the merge patch then never carries
+        # `replicas`, so the HPA's scale survives every re-apply.
+        deploy_spec = {"replicas": serving.replicas, **deploy_spec}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(spec, names(spec)["server"], "server"),
+        "spec": deploy_spec,
+    }
+
+
+def horizontal_pod_autoscaler(spec: Spec, api_version: str = DEFAULT_AUTOSCALING_API) -> dict[str, Any] | None:
+    """The server's HPA (autoscaling/v2beta2 or v2: same shape), or None without spec.serving.autoscaling."""
+    scaling = spec.serving.autoscaling
+    if scaling is None:
+        return None
+    metrics: list[dict[str, Any]] = []
+    if scaling.target_cpu_utilization is not None:
+        metrics.append({"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization}}})
+    if scaling.metric is not None:
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": scaling.metric.name},
+            "target": {"type": "AverageValue", "averageValue": scaling.metric.target_average_value}}})
+    return {
+        "apiVersion": api_version,
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(spec, names(spec)["server"], "server"),
         "spec": {
-            "replicas": serving.replicas,
-            "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": serving.progress_deadline_seconds,
-            "selector": {"matchLabels": selector(spec, "server")},
-            # maxUnavailable 0: a new pod must be ready before an old one goes, so no request is lost.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {
-                    "labels": labels(spec, "server"),
-                    "annotations": {
-                        ANNOTATION_MODEL_VERSION: str(target.version),
-                        ANNOTATION_CONFIG_HASH: config_hash(config),
-                    },
-                },
-                "spec": pod_spec,
-            },
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": names(spec)["server"]},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": metrics,
         },
     }
 
@@ -323,9 +406,9 @@ def service(spec: Spec) -> dict[str, Any]:
     }
 
 
-def model_claim(spec: Spec) -> dict[str, Any] | None:
-    """The model-storage PVC, or None when the user names an existing claim."""
-    if not spec.storage.create:
+def model_claim(spec: Spec, target: ModelTarget | None = None) -> dict[str, Any] | None:
+    """The model-storage PVC; None when the user names an existing claim or nothing would mount it."""
+    if not spec.storage.create or not claim_needed(spec, target or ModelTarget.seed(spec)):
         return None
     claim_spec: dict[str, Any] = {
         "accessModes": list(spec.storage.access_modes),
@@ -341,9 +424,12 @@ def model_claim(spec: Spec) -> dict[str, Any] | None:
     }
 
 
-def serving_children(spec: Spec, settings: Settings, target: ModelTarget | None = None) -> list[dict[str, Any]]:
+def serving_children(spec: Spec, settings: Settings, target: ModelTarget | None = None,
+                     autoscaling_api: str = DEFAULT_AUTOSCALING_API) -> list[dict[str, Any]]:
     """Every serving child, in the order they should be applied (storage and config before pods)."""
     target = target or ModelTarget.seed(spec)
     cm = config_map(spec, target)
-    claim = model_claim(spec)
-    return ([claim] if claim else []) + [cm, service(spec), deployment(spec, settings, target, cm)]
+    claim = model_claim(spec, target)
+    hpa = horizontal_pod_autoscaler(spec, autoscaling_api)
+    return ([claim] if claim else []) + [cm, service(spec), deployment(spec, settings, target, cm)] + (
+        [hpa] if hpa else [])

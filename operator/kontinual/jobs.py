@@ -8,7 +8,8 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping
 
 from kontinual import GROUP
-from kontinual.builders import MODELS_MOUNT, container_security, fetch_container, labels, metadata, pod_security
+from kontinual.builders import (MODELS_MOUNT, MOUNTS_MODELS_LABEL, container_security, fetch_container, labels,
+                                metadata, pod_security, with_colocation)
 from kontinual.classnames import COCO_NAMES, version_names
 from kontinual.settings import Settings
 from kontinual.spec import Spec
@@ -194,6 +195,12 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
         pod_spec["nodeSelector"] = dict(training.node_selector)
     if training.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in training.tolerations]
+    # With a single-node claim the Job runs where the server pods that mount the claim run.
+    affinity = with_colocation(spec, training.affinity)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if training.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in training.image_pull_secrets]
     meta = metadata(spec, job_name(spec, version), "training")
     meta["labels"] = job_labels(spec, version)
     return {
@@ -204,6 +211,7 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
             "backoffLimit": training.backoff_limit,
             "activeDeadlineSeconds": training.active_deadline_seconds,
             "ttlSecondsAfterFinished": training.ttl_seconds_after_finished,
-            "template": {"metadata": {"labels": job_labels(spec, version)}, "spec": pod_spec},
+            "template": {"metadata": {"labels": {**job_labels(spec, version), MOUNTS_MODELS_LABEL: "true"}},
+                         "spec": pod_spec},
         },
     }

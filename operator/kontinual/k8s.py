@@ -42,8 +42,9 @@ class Resource:
     def __post_init__(self) -> None:
         API_USAGE.append((self.group, self.plural, self.verbs))
 
-    def path(self, namespace: str, name: str = "") -> str:
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+    def path(self, namespace: str, name: str = "", version: str = "") -> str:
+        version = version or self.version
+        base = f"/api/{version}" if not self.group else f"/apis/{self.group}/{version}"
         plural, _, subresource = self.plural.partition("/")
         path = f"{base}/namespaces/{namespace}/{plural}"
         if name:
@@ -61,6 +62,9 @@ RESOURCES: dict[str, Resource] = {
     "Deployment": Resource("apps", "v1", "deployments", ("get", "list", "watch", "create", "patch")),
     "Job": Resource("batch", "v1", "jobs", ("get", "list", "watch", "create")),
     "Pod": Resource("", "v1", "pods", ("get", "list", "watch")),
+    # The server's HPA (spec.serving.autoscaling); deleted when autoscaling is switched off.
+    "HorizontalPodAutoscaler": Resource("autoscaling", "v2beta2", "horizontalpodautoscalers",
+                                        ("get", "create", "patch", "delete")),
     # Only the Roboflow key, for minNewLabeledImages polling; never logged or stored.
     "Secret": Resource("", "v1", "secrets", ("get",)),
 }
@@ -95,6 +99,7 @@ def _check_controller(desired: dict[str, Any], existing: dict[str, Any]) -> None
 
 
 _client: client.ApiClient | None = None
+_autoscaling_api: str | None = None  # discovered once per process
 _lock = threading.Lock()
 
 
@@ -142,9 +147,9 @@ def api_error(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+def get(kind: str, namespace: str, name: str, version: str = "") -> dict[str, Any] | None:
     try:
-        return _call("GET", RESOURCES[kind].path(namespace, name))
+        return _call("GET", RESOURCES[kind].path(namespace, name, version))
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -157,6 +162,38 @@ def list_objects(kind: str, namespace: str, label_selector: str = "") -> list[di
     return list(result.get("items") or [])
 
 
+def _version(obj: dict[str, Any]) -> str:
+    return str(obj.get("apiVersion", "")).rpartition("/")[2]
+
+
+def preferred_autoscaling_api() -> str:
+    """autoscaling/v2 where the API server serves it (1.23+), else autoscaling/v2beta2 (1.20)."""
+    global _autoscaling_api
+    if _autoscaling_api is None:
+        try:
+            group = _call("GET", "/apis/autoscaling")
+            served = {v.get("version") for v in (group or {}).get("versions") or []}
+        except ApiException as exc:
+            log.warning("API discovery of autoscaling failed (%s); assuming autoscaling/v2beta2", api_error(exc))
+            return "autoscaling/v2beta2"
+        _autoscaling_api = "autoscaling/v2" if "v2" in served else "autoscaling/v2beta2"
+    return _autoscaling_api
+
+
+def delete_owned(kind: str, namespace: str, name: str, owner_uid: str, version: str = "") -> bool:
+    """Delete a child only if `owner_uid` controls it (never someone else's object); True if deleted."""
+    current = get(kind, namespace, name, version)
+    refs = ((current or {}).get("metadata") or {}).get("ownerReferences") or []
+    if current is None or not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
+        return False
+    try:
+        _call("DELETE", RESOURCES[kind].path(namespace, name, version))
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    return True
+
+
 def apply(obj: dict[str, Any], *, metadata_only: bool = False) -> dict[str, Any]:
     """Make the object match `obj`: create it when absent, else merge-patch it if `obj`'s controller owns it.
 
@@ -167,12 +204,13 @@ def apply(obj: dict[str, Any], *, metadata_only: bool = False) -> dict[str, Any]
     """
     resource = RESOURCES[obj["kind"]]
     meta = obj["metadata"]
-    path = resource.path(meta["namespace"], meta["name"])
+    path = resource.path(meta["namespace"], meta["name"], _version(obj))
     for _ in range(3):
-        existing = get(obj["kind"], meta["namespace"], meta["name"])
+        existing = get(obj["kind"], meta["namespace"], meta["name"], _version(obj))
         if existing is None:
             try:
-                return _call("POST", resource.path(meta["namespace"]), obj, query=[("fieldManager", FIELD_MANAGER)])
+                return _call("POST", resource.path(meta["namespace"], version=_version(obj)), obj,
+                             query=[("fieldManager", FIELD_MANAGER)])
             except ApiException as exc:
                 if exc.status != 409:  # 409: created concurrently; check whose it is
                     raise

@@ -81,7 +81,8 @@ def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget,
                    conflicts: list[k8s.ChildConflict]) -> dict[str, Any] | None:
     """Apply every serving child; one that belongs to someone else is skipped and added to `conflicts`."""
     deploy = None
-    for child in builders.serving_children(spec, settings, target):
+    api = k8s.preferred_autoscaling_api() if spec.serving.autoscaling else builders.DEFAULT_AUTOSCALING_API
+    for child in builders.serving_children(spec, settings, target, api):
         try:
             result = k8s.apply(child, metadata_only=child["kind"] == "PersistentVolumeClaim")
         except k8s.ChildConflict as exc:
@@ -90,6 +91,12 @@ def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget,
             continue
         if child["kind"] == "Deployment":
             deploy = result
+    if spec.serving.autoscaling is None and spec.uid:
+        # Autoscaling switched off (or never on): an HPA left behind would fight spec.serving.replicas.
+        version = k8s.preferred_autoscaling_api().rpartition("/")[2]
+        if k8s.delete_owned("HorizontalPodAutoscaler", spec.namespace, builders.names(spec)["server"], spec.uid,
+                            version):
+            log.info("%s/%s: autoscaling is off; deleted the server's HPA", spec.namespace, spec.name)
     return deploy
 
 
@@ -162,8 +169,9 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         if kept.get(RECONCILED) != reconciled:  # one Warning per new conflict, not one per reconcile
             events += [("Warning", "ChildConflict", str(c)) for c in conflicts]
     else:
-        reconciled = Condition(RECONCILED, True, "ChildrenApplied",
-                               "server ConfigMap, Deployment, Service and storage match the spec")
+        applied = "server ConfigMap, Deployment, Service and storage match the spec"
+        conflict = builders.colocation_conflict(spec)  # scheduling advice, not a failure
+        reconciled = Condition(RECONCILED, True, "ChildrenApplied", f"{applied}; but {conflict}" if conflict else applied)
     conditions += [reconciled, availability(deploy, wanted_generation)]
     if models or spec.training is not None:
         fields["models"] = models

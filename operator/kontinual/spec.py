@@ -76,6 +76,24 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class PodsMetric:
+    """A per-pod custom metric for the HPA (served by a custom-metrics adapter, e.g. Prometheus Adapter)."""
+
+    name: str
+    target_average_value: str
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """An HPA child scales the server between min and max; the operator then leaves `replicas` alone."""
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_cpu_utilization: int | None = 80  # percent of the CPU request; None: only the custom metric
+    metric: PodsMetric | None = None
+
+
+@dataclass(frozen=True)
 class Serving:
     replicas: int = 1
     image: str = ""
@@ -88,6 +106,7 @@ class Serving:
     affinity: Mapping[str, Any] = field(default_factory=dict)
     image_pull_secrets: tuple[str, ...] = ()
     progress_deadline_seconds: int = 600
+    autoscaling: Autoscaling | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,8 @@ class Training:
     resources: Mapping[str, Any] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    image_pull_secrets: tuple[str, ...] = ()
     active_deadline_seconds: int = 86400
     backoff_limit: int = 1
     ttl_seconds_after_finished: int = 86400
@@ -163,6 +184,11 @@ class Storage:
     size: str = "10Gi"
     storage_class: str | None = None
     access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+
+    @property
+    def single_node(self) -> bool:
+        """A claim only pods on one node can mount read-write at once (no ReadWriteMany)."""
+        return "ReadWriteMany" not in self.access_modes
 
 
 @dataclass(frozen=True)
@@ -203,22 +229,50 @@ class Spec:
         return seed_names(self.model.uri, self.model_class_names, self.class_names)
 
 
-def _serving(r: Reader) -> Serving:
+def _pull_secrets(r: Reader) -> tuple[str, ...]:
     pull = r.objects("imagePullSecrets")
     if not all(isinstance(p.get("name"), str) and p.get("name") for p in pull):
         raise SpecError(f"{r.path}.imagePullSecrets entries must be {{name: <secret name>}}, got {list(pull)!r}")
+    return tuple(str(p["name"]) for p in pull)
+
+
+def _autoscaling(r: Reader, resources: Mapping[str, Any]) -> Autoscaling:
+    low = r.req_int("minReplicas", 1, minimum=1)
+    high = r.req_int("maxReplicas", max(low, 4), minimum=1)
+    if high < low:
+        raise SpecError(f"{r.path}.maxReplicas must be >= minReplicas ({low}), got {high}")
+    metric = None
+    if r.present("metric"):
+        m = r.sub("metric")
+        target = m.data.get("targetAverageValue")
+        if isinstance(target, bool) or not isinstance(target, (str, int)) or str(target) in ("", "0"):
+            raise SpecError(f"{m.path}.targetAverageValue must be a positive quantity (e.g. 10 or 500m), got {target!r}")
+        metric = PodsMetric(name=m.str("name", required=True), target_average_value=str(target))
+    cpu = r.int("targetCPUUtilizationPercentage", None if metric else 80, minimum=1)
+    if cpu is None and metric is None:
+        raise SpecError(f"{r.path} needs targetCPUUtilizationPercentage or metric (something to scale on)")
+    if cpu is not None and resources and "cpu" not in (resources.get("requests") or {}):
+        # The HPA computes utilization against the request: without one it never scales.
+        raise SpecError(f"{r.path}.targetCPUUtilizationPercentage needs spec.serving.resources.requests.cpu "
+                        "(utilization is a percentage of the CPU request)")
+    return Autoscaling(min_replicas=low, max_replicas=high, target_cpu_utilization=cpu, metric=metric)
+
+
+def _serving(r: Reader) -> Serving:
+    resources = r.mapping("resources")
     return Serving(
         replicas=r.req_int("replicas", 1, minimum=0),
         image=r.str("image"),
         port=r.req_int("port", DEFAULT_PORT, minimum=1, maximum=65535),
         batch_size=r.req_int("batchSize", 1, minimum=1),
         num_cores=r.int("numCores", None, minimum=1),
-        resources=r.mapping("resources"),
+        resources=resources,
         node_selector=r.string_map("nodeSelector"),
         tolerations=r.objects("tolerations"),
         affinity=r.mapping("affinity"),
-        image_pull_secrets=tuple(str(p["name"]) for p in pull),
+        image_pull_secrets=_pull_secrets(r),
         progress_deadline_seconds=r.req_int("progressDeadlineSeconds", 600, minimum=30),
+        autoscaling=_autoscaling(r.sub("autoscaling"), resources) if r.present("autoscaling") else None,
     )
 
 
@@ -325,6 +379,8 @@ def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Tra
         resources=r.mapping("resources"),
         node_selector=r.string_map("nodeSelector"),
         tolerations=r.objects("tolerations"),
+        affinity=r.mapping("affinity"),
+        image_pull_secrets=_pull_secrets(r),
         active_deadline_seconds=r.req_int("activeDeadlineSeconds", 86400, minimum=60),
         backoff_limit=r.req_int("backoffLimit", 1, minimum=0),
         ttl_seconds_after_finished=r.req_int("ttlSecondsAfterFinished", 86400, minimum=0),

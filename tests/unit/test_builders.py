@@ -367,24 +367,27 @@ def test_service_exposes_the_server_port() -> None:
     assert svc["spec"]["ports"] == [{"name": "http", "port": 6000, "targetPort": "http", "protocol": "TCP"}]
 
 
+TRAINING = {"training": {"dataset": ROBOFLOW}}
+
+
 def test_model_claim_is_created_only_when_no_claim_is_named() -> None:
-    claim = builders.model_claim(make_spec({"storage": {"pvc": {"size": "20Gi", "storageClassName": "fast",
-                                                                 "accessModes": ["ReadWriteMany"]}}}))
+    claim = builders.model_claim(make_spec({**TRAINING, "storage": {"pvc": {
+        "size": "20Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]}}}))
     assert claim is not None
     assert claim["metadata"]["name"] == "soccer-models"
     assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "20Gi"}},
                              "storageClassName": "fast"}
-    default = builders.model_claim(make_spec())
+    default = builders.model_claim(make_spec(TRAINING))
     assert default is not None and "storageClassName" not in default["spec"]  # the cluster's default class
     assert default["spec"]["resources"]["requests"]["storage"] == "10Gi"
-    existing = make_spec({"storage": {"pvc": {"claimName": "shared-models"}}})
+    existing = make_spec({**TRAINING, "storage": {"pvc": {"claimName": "shared-models"}}})
     assert builders.model_claim(existing) is None
     kinds = [c["kind"] for c in builders.serving_children(existing, SETTINGS)]
     assert "PersistentVolumeClaim" not in kinds
 
 
 def test_serving_children_order_and_names() -> None:
-    children = builders.serving_children(make_spec(), SETTINGS)
+    children = builders.serving_children(make_spec(TRAINING), SETTINGS)
     assert [(c["kind"], c["metadata"]["name"]) for c in children] == [
         ("PersistentVolumeClaim", "soccer-models"), ("ConfigMap", "soccer-server-config"),
         ("Service", "soccer-server"), ("Deployment", "soccer-server")]

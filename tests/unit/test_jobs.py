@@ -60,7 +60,7 @@ def test_job_name_labels_and_image() -> None:
     assert manifest["metadata"]["name"] == "soccer-train-4"
     labels = manifest["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "training" and labels["kontinual.io/version"] == "4"
-    assert manifest["spec"]["template"]["metadata"]["labels"] == labels
+    assert manifest["spec"]["template"]["metadata"]["labels"] == {**labels, "kontinual.io/mounts-models": "true"}
     assert trainer(manifest)["image"] == SETTINGS.trainer_image
     custom = job(make_spec({"image": "mirror.example/trainer:dev"}))
     assert trainer(custom)["image"] == "mirror.example/trainer:dev"

@@ -111,6 +111,11 @@ cover kontinual.k8s.API_USAGE and kontinual.handlers.FRAMEWORK_API_USAGE).
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
+# Application: the server's HorizontalPodAutoscaler (spec.serving.autoscaling); deleted when
+# autoscaling is switched off, so it cannot fight spec.serving.replicas.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, create, patch, delete]
 {{- end }}
 
 {{/*
