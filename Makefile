@@ -69,7 +69,7 @@ test-e2e: venv
 	$(PYTEST) -ra tests/e2e
 # A real node (kubelet, kube-proxy, Docker) and the whole loop in real pods; needs root (see tests/node).
 test-node: venv
-	$(PYTEST) -p no:cacheprovider -ra --durations=15 tests/node
+	KONTINUAL_NODE=1 $(PYTEST) -p no:cacheprovider -ra --durations=15 tests/node
 
 bench: venv
 	$(BIN)/python benchmarks/reconcile.py
