@@ -252,6 +252,11 @@ def colocation_conflict(spec: Spec) -> str | None:
             "use accessModes [ReadWriteMany] (e.g. NFS, CephFS, EFS) to train on other nodes")
 
 
+def sparsezoo_env(settings: Settings) -> list[dict[str, Any]]:
+    """SPARSEZOO_API_URL (read by sparsezoo, in DeepSparse and in the trainer) when the cluster uses a mirror."""
+    return [{"name": "SPARSEZOO_API_URL", "value": settings.sparsezoo_api_url}] if settings.sparsezoo_api_url else []
+
+
 def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[list, list, list]:
     """Volumes, server mounts and init containers that put the model where model_path says."""
     source = target.source
@@ -289,6 +294,7 @@ def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None
     env: list[dict[str, Any]] = [
         {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
         {"name": "HOME", "value": "/tmp"},  # caches (sparsezoo stubs) go to the writable emptyDir
+        *sparsezoo_env(settings),  # DeepSparse resolves zoo: models itself
     ]
     ports = [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}]
     if spec.data_logging:

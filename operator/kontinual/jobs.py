@@ -9,14 +9,15 @@ from typing import Any, Mapping
 
 from kontinual import GROUP
 from kontinual.builders import (MODELS_MOUNT, MOUNTS_MODELS_LABEL, container_security, fetch_container, labels,
-                                metadata, pod_security, with_colocation)
+                                metadata, pod_security, sparsezoo_env,
+                                with_colocation)
 from kontinual.classnames import COCO_NAMES, version_names
 from kontinual.settings import Settings
 from kontinual.spec import Spec
 
 RECIPE_DIR = "/etc/kontinual/recipe"
 INPUTS = "/inputs"  # downloaded or other-claim inputs (recipe, base weights)
-DEFAULT_BASE_WEIGHTS = "yolov5s.yaml"  # random init from the yolov5 package's config
+TRANSFER_QUERY = "recipe_type=transfer_learn"  # SparseZoo's name for sparse transfer learning
 DEFAULT_TRAINER_RESOURCES = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
 VERSION_LABEL = f"{GROUP}/version"
 
@@ -62,12 +63,33 @@ class _Inputs:
         return uri
 
 
+def transfer_stub(stub: str) -> str:
+    """A SparseZoo stub narrowed to its sparse transfer-learning checkpoint and recipe."""
+    return f"{stub.split('?', 1)[0]}?{TRANSFER_QUERY}"
+
+
 def base_weights_uri(spec: Spec, serving_version: int | None) -> str:
-    """Continue from the serving model's model.pt; the first run starts from spec.training.baseWeights."""
+    """Continue from the serving model's model.pt; the first run starts from spec.training.baseWeights,
+    or (empty) from the served zoo: stub's transfer checkpoint. spec.parse refuses an empty
+    baseWeights with a seed that is not a stub, so there is always a starting point."""
     if serving_version:
         return f"pvc://{spec.storage.claim_name}/v{serving_version}/model.pt"
     assert spec.training is not None
-    return spec.training.base_weights or DEFAULT_BASE_WEIGHTS
+    if spec.training.base_weights:
+        return spec.training.base_weights
+    assert spec.model.scheme == "zoo", "spec.parse requires baseWeights for a seed that is not a zoo: stub"
+    return transfer_stub(spec.model.uri)
+
+
+def recipe_uri(spec: Spec) -> str | None:
+    """spec.training.recipe.uri; unset (and no ConfigMap): the transfer recipe of the zoo: stub the
+    lineage started from (baseWeights, else the served seed), for every run; else the trainer's built-in."""
+    assert spec.training is not None
+    recipe = spec.training.recipe
+    if recipe.uri or recipe.config_map is not None:
+        return recipe.uri
+    start = spec.training.base_weights or spec.model.uri
+    return transfer_stub(start) if start.startswith("zoo:") else None
 
 
 @dataclass(frozen=True)
@@ -155,8 +177,8 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
                                                         "items": [{"key": recipe.config_map.key, "path": "recipe.yaml"}]}})
         mounts.append({"name": "recipe", "mountPath": RECIPE_DIR, "readOnly": True})
         args += ["--recipe", f"{RECIPE_DIR}/recipe.yaml"]
-    elif recipe.uri:
-        args += ["--recipe", inputs.path(recipe.uri, "recipe")]
+    elif recipe_uri(spec):
+        args += ["--recipe", inputs.path(str(recipe_uri(spec)), "recipe")]
     volumes += inputs.volumes
     mounts += inputs.mounts
     env = [
@@ -164,6 +186,7 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
                                                                    "key": dataset.api_key.key}}},
         {"name": "API_URL", "value": dataset.api_url},  # the roboflow SDK's API base
         {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
+        *sparsezoo_env(settings),
         {"name": "HOME", "value": "/tmp"},
         {"name": "YOLO_CONFIG_DIR", "value": "/tmp/yolo"},
         {"name": "YOLOV5_CONFIG_DIR", "value": "/tmp/yolo"},

@@ -43,6 +43,7 @@ class Settings:
     # allow-list. http:// only when the admin names it here; nothing else, so no CR author can
     # make the operator or its pods send a key to a host of their choosing.
     roboflow_api_urls: tuple[str, ...] = ()
+    sparsezoo_api_url: str = ""  # SparseZoo API base (a mirror); empty: sparsezoo's own default
     roboflow_poll_seconds: int = 300  # how often minNewLabeledImages triggers poll Roboflow
     roboflow_timeout_seconds: int = 20  # total deadline of one poll (connect to last byte)
     poll_workers: int = 4  # threads for Roboflow polls, apart from the reconciles' workers
@@ -69,7 +70,11 @@ class Settings:
         if log_format not in ("text", "json"):
             raise ValueError(f"KONTINUAL_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
         api_url = (_urls(env, "KONTINUAL_ROBOFLOW_API_URL") or (default.roboflow_api_url,))[0]
+        zoo = (env.get("KONTINUAL_SPARSEZOO_API_URL") or "").rstrip("/")
+        if zoo and not zoo.startswith(("https://", "http://")):
+            raise ValueError(f"KONTINUAL_SPARSEZOO_API_URL must be an http(s) URL, got {zoo!r}")
         return cls(
+            sparsezoo_api_url=zoo,
             server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
             trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
             roboflow_api_url=api_url,

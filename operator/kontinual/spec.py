@@ -47,6 +47,11 @@ def no_credentials(uri: str, where: str) -> str:
     return uri
 
 
+BASE_WEIGHTS_FORMS = ("zoo:<stub> (a SparseZoo model's transfer checkpoint), a YOLOv5 or Kontinual *.pt "
+                      "checkpoint as https://..., pvc://<claim>/<path>.pt or file:///<path>.pt, or a yolov5 "
+                      "model config such as yolov5s.yaml (random initialization, only when asked for)")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from: zoo stub, https URL, a path on a PVC, or a file in the image."""
@@ -450,6 +455,10 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
                         "spec.dataLogging.uploadPredictions is true: predictions are uploaded as "
                         "pre-annotations only while the served model's classes are the project's")
     training = _training(r.sub("training"), settings, logging) if r.present("training") else None
+    if training is not None and not training.base_weights and model.scheme != "zoo":
+        # The default start is the served stub's transfer checkpoint; an ONNX file cannot be trained on.
+        raise SpecError(f"spec.training.baseWeights is required when spec.model.uri is not a zoo: stub (got "
+                        f"{model.scheme}: an ONNX model cannot be trained on); set it to {BASE_WEIGHTS_FORMS}")
     storage = _storage(r.sub("storage"), name)
     serving = _serving(r.sub("serving"))
     if logging and logging.metrics_port == serving.port:

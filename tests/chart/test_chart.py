@@ -83,6 +83,7 @@ def test_values_reach_the_operator_environment() -> None:
     deployment = one(render({
         "image.tag": "1.2.3", "serverImage.repository": "registry.local/srv", "trainerImage.tag": "cuda-1.2.3",
         "roboflow.apiUrl": "http://roboflow.internal:8000", "roboflow.pollSeconds": "30",
+        "sparsezoo.apiUrl": "http://sparsezoo.mirror.internal:8080",
         "resyncSeconds": "15", "logging.level": "DEBUG", "logging.format": "json", "healthPort": "9090",
     }), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -93,6 +94,7 @@ def test_values_reach_the_operator_environment() -> None:
     assert env["KONTINUAL_ROBOFLOW_API_URL"] == "http://roboflow.internal:8000"
     assert env["KONTINUAL_ROBOFLOW_API_URLS"] == ""  # by default only roboflow.apiUrl is allowed
     assert env["KONTINUAL_ROBOFLOW_POLL_SECONDS"] == "30"
+    assert env["KONTINUAL_SPARSEZOO_API_URL"] == "http://sparsezoo.mirror.internal:8080"
     assert env["KONTINUAL_RESYNC_SECONDS"] == "15"
     assert env["KONTINUAL_LOG_LEVEL"] == "DEBUG"
     assert env["KONTINUAL_LOG_FORMAT"] == "json"

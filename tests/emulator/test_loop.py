@@ -161,7 +161,10 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     job = await wait_job(c, ns, "soccer-train-1")
     container = job["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
-    assert args[args.index("--version") + 1] == "1" and args[args.index("--base-weights") + 1] == "yolov5s.yaml"
+    # The first run starts where the seed starts: the served stub's transfer checkpoint and recipe.
+    transfer = f"{MODEL_URI}?recipe_type=transfer_learn"
+    assert args[args.index("--version") + 1] == "1" and args[args.index("--base-weights") + 1] == transfer
+    assert args[args.index("--recipe") + 1] == transfer
     # The champion of run 1 is the seed, named by DeepSparse's COCO names.
     assert [args[args.index(f) + 1] for f in ("--baseline-model", "--baseline-version", "--baseline-class-names")] \
         == [MODEL_URI, "0", "coco"]
@@ -207,6 +210,7 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     job = await wait_job(c, ns, "soccer-train-2")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--base-weights") + 1] == "/models/v1/model.pt"
+    assert args[args.index("--recipe") + 1] == transfer  # the lineage keeps the seed's transfer recipe
     assert [args[args.index(f) + 1] for f in ("--baseline-model", "--baseline-version", "--baseline-class-names")] \
         == ["/models/v1/model.onnx", "1", json.dumps(SOCCER, separators=(",", ":"))]
     await finish_job(c, ns, "soccer-train-2", result(2, 0.30, vs=(1, 0.35), dataset="4"))

@@ -187,6 +187,20 @@ async def test_training_without_any_roboflow_workspace_is_invalid(cluster: Clust
     assert any(e["message"] == message for e in warnings), (message, warnings)
 
 
+async def test_training_from_a_seed_that_is_not_a_stub_needs_base_weights(cluster: Cluster) -> None:
+    """An ONNX seed cannot be trained on: InvalidSpec names spec.training.baseWeights and its forms."""
+    ns = "t-invalid-base"
+    training = {"dataset": {"workspace": "acme", "project": "soccer", "apiKeySecretRef": {"name": "rf"}}}
+    await cluster.create(continual_model("bad", ns, model={"uri": "https://models.example.com/m.onnx"},
+                                         training=training))
+    cr = await cr_where(cluster, ns, "bad", "Ready", "False", reason="InvalidSpec")
+    message = condition(cr, "Ready")["message"]
+    assert "spec.training.baseWeights is required" in message and "zoo:<stub>" in message, message
+    assert await cluster.list("jobs", ns) == []
+    await cluster.patch("continualmodels", ns, "bad", {"spec": {"training": {"baseWeights": "https://w.example/y.pt"}}})
+    await cr_where(cluster, ns, "bad", "Reconciled", "True")
+
+
 async def _warnings(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
     return [e for e in await cluster.events(ns, name) if e["type"] == "Warning"]
 

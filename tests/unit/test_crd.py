@@ -199,7 +199,7 @@ def test_soccer_example_uses_the_whole_loop() -> None:
     roboflow = spec["dataLogging"]["roboflow"]
     assert roboflow["apiKeySecretRef"] == {"name": "roboflow", "key": "apiKey"}
     assert spec["training"]["trigger"] == {"schedule": "0 3 * * 0", "minNewLabeledImages": 200}
-    assert spec["training"]["recipe"] == {"configMapRef": {"name": "soccer-recipe", "key": "recipe.yaml"}}
+    assert "recipe" not in spec["training"] and spec["training"]["baseWeights"] == ""  # the stub's transfer
     assert spec["training"]["dataset"] == {"version": "latest", "generate": True, "augmentation": {},
                                            "generateTimeoutSeconds": 900}
     assert spec["rollout"]["gate"] == {"metric": "mAP50", "minDelta": 0.0, "minValue": 0.2}
@@ -215,26 +215,11 @@ def test_soccer_extras_hold_what_the_cr_refers_to_without_a_real_key() -> None:
     extras, spec = soccer_extras(), example("soccer.yaml:soccer")
     namespace = spec["metadata"]["namespace"]
     assert extras["Namespace"]["metadata"]["name"] == namespace
-    secret, config = extras["Secret"], extras["ConfigMap"]
+    secret = extras["Secret"]
     ref = spec["spec"]["dataLogging"]["roboflow"]["apiKeySecretRef"]
     assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == (ref["name"], namespace)
     assert secret["stringData"] == {ref["key"]: "replace-me"}
-    cm_ref = spec["spec"]["training"]["recipe"]["configMapRef"]
-    assert (config["metadata"]["name"], config["metadata"]["namespace"]) == (cm_ref["name"], namespace)
-    assert cm_ref["key"] in config["data"]
-
-
-@pytest.mark.slow
-def test_soccer_recipe_loads_in_sparseml_as_pruning_then_qat() -> None:
-    optim = pytest.importorskip("sparseml.pytorch.optim")
-    recipe = soccer_extras()["ConfigMap"]["data"]["recipe.yaml"]
-    epochs = example("soccer.yaml:soccer")["spec"]["training"]["epochs"]
-    manager = optim.ScheduledModifierManager.from_yaml(recipe, recipe_variables={"num_epochs": epochs})
-    by_type = {type(m).__name__: m for m in manager.modifiers}
-    assert set(by_type) == {"GMPruningModifier", "EpochRangeModifier", "QuantizationModifier"}
-    pruning, qat = by_type["GMPruningModifier"], by_type["QuantizationModifier"]
-    assert pruning.final_sparsity == 0.8
-    assert pruning.end_epoch <= qat.start_epoch < epochs == manager.max_epochs
+    assert set(extras) == {"Namespace", "Secret"}
 
 
 # --- defaulting, as the API server does it ---------------------------------------------------------
@@ -356,7 +341,9 @@ def test_each_documented_model_uri_form_is_accepted(uri: str) -> None:
 
 
 @pytest.mark.parametrize("weights", ["", "yolov5s.yaml", "pvc://models/base/yolov5s.pt",
-                                     "https://example.com/w/yolov5s.pt"])
+                                     "https://example.com/w/yolov5s.pt", "file:///opt/weights/yolov5s.pt",
+                                     "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94",
+                                     "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/base-none?recipe_type=transfer"])
 def test_base_weights_forms_are_accepted(weights: str) -> None:
     cr = example("minimal.yaml:demo")
     cr["spec"]["training"] = {"baseWeights": weights}

@@ -87,12 +87,58 @@ def test_the_run_writes_where_the_server_will_read_it() -> None:
     assert model_path(served.source) == f"{args.output_dir}/v3/model.onnx"
 
 
-def test_first_run_starts_from_base_weights_and_later_runs_continue() -> None:
-    assert trainer_args(job(make_spec(), base=None)).base_weights == jobs.DEFAULT_BASE_WEIGHTS
+def test_first_run_follows_the_served_stub_and_later_runs_continue() -> None:
+    """Empty baseWeights with a zoo: seed: the stub's transfer checkpoint and its transfer recipe."""
+    first = trainer_args(job(make_spec(), base=None))
+    assert first.base_weights == f"{ZOO}?recipe_type=transfer_learn"
+    assert first.recipe == f"{ZOO}?recipe_type=transfer_learn"
+    # Random init only when asked for; an explicit checkpoint wins over the seed.
     assert trainer_args(job(make_spec({"baseWeights": "yolov5n.yaml"}))).base_weights == "yolov5n.yaml"
     manifest = job(make_spec(), version=5, base=4)
-    assert trainer_args(manifest).base_weights == "/models/v4/model.pt"
+    later = trainer_args(manifest)
+    assert later.base_weights == "/models/v4/model.pt"
+    assert later.recipe == f"{ZOO}?recipe_type=transfer_learn"  # the lineage keeps its transfer recipe
     assert "/models" in mounts(manifest)
+
+
+def test_a_set_recipe_wins_over_the_seeds_transfer_recipe() -> None:
+    args = trainer_args(job(make_spec({"recipe": {"uri": "https://recipes.example.com/r.yaml"}})))
+    assert args.base_weights == f"{ZOO}?recipe_type=transfer_learn" and args.recipe.startswith("/inputs/")
+    other = "zoo:cv/detection/yolov5-n/pytorch/ultralytics/coco/pruned_quant-aggressive_80?recipe_type=transfer"
+    args = trainer_args(job(make_spec({"baseWeights": other})))
+    assert args.base_weights == other
+    assert args.recipe == other.replace("recipe_type=transfer", "recipe_type=transfer_learn")
+
+
+@pytest.mark.parametrize("seed", ["https://models.example.com/yolov5s.onnx", "pvc://seeds/yolov5s/model.onnx",
+                                  "file:///opt/models/model.onnx"])
+def test_a_seed_that_is_not_a_stub_needs_base_weights(seed: str) -> None:
+    from kontinual.spec import SpecError
+
+    with pytest.raises(SpecError) as caught:
+        make_spec({}, model={"uri": seed})
+    message = str(caught.value)
+    assert "spec.training.baseWeights is required" in message
+    assert all(form in message for form in ("zoo:<stub>", "https://", "pvc://", "file://", "yolov5s.yaml"))
+    spec = make_spec({"baseWeights": "pvc://seeds/yolov5s/yolov5s.pt"}, model={"uri": seed})
+    args = trainer_args(job(spec))
+    assert args.base_weights == "/inputs/weights-claim/yolov5s/yolov5s.pt"
+    from kontinual.training.recipes import DEFAULT_RECIPE
+
+    assert args.recipe == DEFAULT_RECIPE  # no stub to take a transfer recipe from: the built-in one
+
+
+def test_sparsezoo_mirror_reaches_trainer_and_server() -> None:
+    from kontinual.builders import deployment
+
+    mirror = Settings(trainer_image="t", sparsezoo_api_url="http://sparsezoo.mirror.internal:8080")
+    spec = make_spec()
+    trainer_env = {e["name"]: e.get("value") for e in trainer(jobs.training_job(spec, mirror, version=1,
+                                                                              base_weights=None))["env"]}
+    (server,) = deployment(spec, mirror)["spec"]["template"]["spec"]["containers"]
+    server_env = {e["name"]: e.get("value") for e in server["env"]}
+    assert trainer_env["SPARSEZOO_API_URL"] == server_env["SPARSEZOO_API_URL"] == mirror.sparsezoo_api_url
+    assert "SPARSEZOO_API_URL" not in {e["name"] for e in trainer(job(spec))["env"]}  # unset: sparsezoo's default
 
 
 def test_base_weights_on_the_model_claim_are_read_through_its_mount() -> None:
@@ -119,10 +165,12 @@ def test_recipe_from_a_config_map_is_mounted_and_passed() -> None:
     assert volume["configMap"]["items"] == [{"key": "my.yaml", "path": filename}]
 
 
-def test_no_recipe_means_the_trainers_built_in_one() -> None:
+def test_no_recipe_and_no_stub_means_the_trainers_built_in_one() -> None:
     from kontinual.training.recipes import DEFAULT_RECIPE
 
-    assert trainer_args(job(make_spec())).recipe == DEFAULT_RECIPE
+    spec = make_spec({"baseWeights": "https://models.example.com/yolov5s.pt"},
+                     model={"uri": "https://models.example.com/yolov5s.onnx"})
+    assert trainer_args(job(spec)).recipe == DEFAULT_RECIPE
 
 
 @pytest.mark.parametrize("uri", ["https://recipes.example.com/recipe.yaml", "file:///opt/recipes/recipe.yaml",

@@ -54,6 +54,7 @@ VARIANTS = {
         "model": {"uri": "file:///opt/models/yolov5n.onnx"}, "classNames": ["ball"],
         "dataLogging": {"uploadPredictions": True, "roboflow": ROBOFLOW},
         "training": {"recipe": {"uri": "https://recipes.example.com/r.yaml"},
+                     "baseWeights": "https://models.example.com/yolov5n.pt",
                      "resources": {"limits": {"nvidia.com/gpu": 1}}, "tolerations": [{"operator": "Exists"}]}}),
     "training-own-dataset": variant("trainonly", {
         "model": {"uri": "zoo:cv/detection/yolov5-n/pytorch/ultralytics/coco/base-none"},

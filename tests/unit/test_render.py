@@ -94,6 +94,21 @@ def test_render_training_job_validates() -> None:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     spec = parse(documents((EXAMPLES / "soccer.yaml").read_text())[0], Settings())
     assert job == jobs.training_job(spec, Settings(), version=1, base_weights=None)
+    # The first run starts where the seed starts: the served stub's checkpoint and transfer recipe.
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    stub = f"{spec.model.uri}?recipe_type=transfer_learn"
+    assert args[args.index("--base-weights") + 1] == stub and args[args.index("--recipe") + 1] == stub
+
+
+@pytest.mark.parametrize("example", [p.name for p in example_files()])
+def test_no_example_trains_from_random_weights(example: str) -> None:
+    """A yolov5 *.yaml config as --base-weights is random init: only an example that says so may do it."""
+    text = (EXAMPLES / example).read_text()
+    result = run("-f", str(EXAMPLES / example), "--training-job")
+    for job in (o for o in documents(result.stdout) if o.get("kind") == "Job"):
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        weights = args[args.index("--base-weights") + 1]
+        assert not weights.endswith((".yaml", ".yml")) or "random init" in text, (example, weights)
 
 
 def test_rendered_owner_references_are_acceptable_to_an_api_server() -> None:
@@ -138,6 +153,8 @@ def test_several_continual_models_render_together(tmp_path: Path) -> None:
         "workspace": "a", "project": "b", "apiKeySecretRef": {"name": "rf"}}}}, "spec.training.imageSize"),
     ({"model": {"uri": ZOO}, "serving": {"replicas": -1}}, "spec.serving.replicas"),
     ({"model": {"uri": ZOO}, "training": {"epochs": 3}}, "spec.training.dataset.apiKeySecretRef"),
+    ({"model": {"uri": "https://models.example.com/m.onnx"}, "training": {"dataset": {
+        "workspace": "a", "project": "b", "apiKeySecretRef": {"name": "rf"}}}}, "spec.training.baseWeights"),
 ])
 def test_invalid_cr_exits_non_zero_naming_the_field(tmp_path: Path, spec: dict[str, Any], field: str) -> None:
     result = run("-f", str(write(tmp_path, [cr(spec)])))

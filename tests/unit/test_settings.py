@@ -26,6 +26,7 @@ def test_every_variable_is_read() -> None:
         "KONTINUAL_TRAINER_IMAGE": "registry.example/trainer:1.0",
         "KONTINUAL_ROBOFLOW_API_URL": "http://127.0.0.1:9999",
         "KONTINUAL_ROBOFLOW_POLL_SECONDS": "30",
+        "KONTINUAL_SPARSEZOO_API_URL": "http://sparsezoo.mirror.internal/",
         "KONTINUAL_RESYNC_SECONDS": "15",
         "KONTINUAL_HEALTH_PORT": "9090",
         "KONTINUAL_LOG_LEVEL": "debug",
@@ -35,12 +36,13 @@ def test_every_variable_is_read() -> None:
     assert settings == Settings(
         server_image="registry.example/server:1.0", trainer_image="registry.example/trainer:1.0",
         roboflow_api_url="http://127.0.0.1:9999", roboflow_poll_seconds=30, resync_seconds=15, health_port=9090,
+        sparsezoo_api_url="http://sparsezoo.mirror.internal",
         log_level="DEBUG", log_format="json", watch_namespaces=("vision", "team-a"))
 
 
 def test_empty_values_mean_the_default() -> None:
     env = {name: "" for name in ("KONTINUAL_SERVER_IMAGE", "KONTINUAL_TRAINER_IMAGE", "KONTINUAL_ROBOFLOW_API_URL",
-                                 "KONTINUAL_RESYNC_SECONDS", "KONTINUAL_HEALTH_PORT", "KONTINUAL_LOG_LEVEL",
+                                 "KONTINUAL_SPARSEZOO_API_URL", "KONTINUAL_RESYNC_SECONDS", "KONTINUAL_HEALTH_PORT", "KONTINUAL_LOG_LEVEL",
                                  "KONTINUAL_WATCH_NAMESPACES")}
     assert Settings.from_env(env) == Settings()
 
@@ -86,3 +88,9 @@ def test_an_out_of_range_number_names_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ValueError) as info:
         Settings.from_env({name: raw})
     assert name in str(info.value) and raw in str(info.value)
+
+
+def test_a_sparsezoo_mirror_must_be_an_http_url() -> None:
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({"KONTINUAL_SPARSEZOO_API_URL": "sparsezoo.internal"})
+    assert "KONTINUAL_SPARSEZOO_API_URL" in str(info.value) and "http(s) URL" in str(info.value)

@@ -142,9 +142,8 @@ def test_soccer_example_parses_to_what_it_says() -> None:
     assert spec.data_logging is not None and spec.data_logging.upload_predictions
     assert spec.training is not None
     assert spec.training.trigger.schedule == "0 3 * * 0" and spec.training.trigger.min_new_labeled_images == 200
-    assert spec.training.recipe.config_map is not None
-    assert (spec.training.recipe.config_map.name, spec.training.recipe.config_map.key) == ("soccer-recipe",
-                                                                                           "recipe.yaml")
+    assert spec.training.recipe.config_map is None and spec.training.recipe.uri is None
+    assert spec.training.base_weights == "" and spec.model.scheme == "zoo"  # starts from the served stub
     assert spec.training.dataset.project == "soccer-players"  # from dataLogging.roboflow
 
 

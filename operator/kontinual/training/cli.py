@@ -22,8 +22,8 @@ DESCRIPTION = f"""\
 Train a YOLOv5 model with a SparseML recipe, export it to ONNX for DeepSparse, evaluate it, and
 store it as version N on the model claim.
 
-Pipeline: (with --generate-version, have Roboflow generate a new version) -> download the Roboflow
-dataset version (or read --dataset-dir) -> validate it -> train with the recipe -> export ONNX
+Pipeline: fetch --base-weights and --recipe -> (with --generate-version, have Roboflow generate a
+new version) -> download the Roboflow dataset version (or read --dataset-dir) -> validate it -> train with the recipe -> export ONNX
 (input [1,3,S,S]) -> check it in onnxruntime and DeepSparse -> evaluate mAP50 / mAP50-95 of the
 ONNX on the test split (valid if there is none), and the --baseline-model on the same split -> write
 <output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json}} (built in
@@ -31,7 +31,10 @@ ONNX on the test split (valid if there is none), and the --baseline-model on the
 
 Every flag --foo-bar can also be set by the environment variable {ENV_PREFIX}FOO_BAR (a flag wins).
 The Roboflow API key is read only from the environment variable {API_KEY_ENV}; the Roboflow API
-base URL from the roboflow SDK's own API_URL environment variable (default https://api.roboflow.com).
+base URL from the roboflow SDK's own API_URL environment variable (default https://api.roboflow.com);
+the SparseZoo API base URL for zoo: sources from sparsezoo's SPARSEZOO_API_URL (default
+https://api.neuralmagic.com; point it at a mirror in air-gapped clusters). --base-weights and
+--recipe are fetched and read before the dataset download: a bad source fails the run first.
 
 Exit status 0 and {{"status": "Succeeded", ...}} on success; otherwise exit status 1 and
 {{"status": "Failed", "reason": R, "message": ...}} with R one of: {", ".join(REASONS)}.
@@ -76,12 +79,19 @@ def _parser() -> _Parser:
                       help="the serving model's class names as a JSON list, or coco; a model of other classes "
                            "than the dataset's is not evaluated (the result says so)")
     model = p.add_argument_group("model")
-    model.add_argument("--base-weights", default="yolov5s.yaml", metavar="CONFIG|MODEL_PT",
-                       help="a yolov5 model config (yolov5n/s/m/l/x.yaml or a path; random init) or the "
-                            "model.pt of an earlier run to continue from (default: yolov5s.yaml)")
-    model.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="FILE|NAME",
-                       help=f"SparseML recipe YAML file, or a built-in recipe: {', '.join(builtin_recipes())} "
-                            f"(default: {DEFAULT_RECIPE}); --epochs sets its num_epochs")
+    model.add_argument("--base-weights", metavar="SOURCE",
+                       help="where training starts (required): zoo:<stub>[?recipe_type=transfer_learn] (a "
+                            "SparseZoo model's PyTorch training checkpoint, its sparsity and QAT structure kept); "
+                            "a YOLOv5 checkpoint *.pt as YOLOv5's train.py or SparseML's yolov5 integration save "
+                            "it (pickled model or state dict, any class count: the detection head is rebuilt for "
+                            "the dataset's classes, the rest transferred); a model.pt of an earlier "
+                            "`kontinual train` run (same classes) - each a path, file:// or http(s):// URL; or a "
+                            "yolov5 model config (yolov5n/s/m/l/x.yaml or a path) for random init")
+    model.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="SOURCE",
+                       help=f"SparseML recipe: a built-in one ({', '.join(builtin_recipes())}), a YAML file or "
+                            "Markdown recipe card, an http(s):// URL, or zoo:<stub>?recipe_type=<type> (e.g. "
+                            f"transfer_learn: the stub's sparse transfer recipe) (default: {DEFAULT_RECIPE}); "
+                            "--epochs sets its num_epochs")
     model.add_argument("--epochs", type=int, default=50, help="training epochs (default: 50)")
     model.add_argument("--image-size", type=int, default=640, metavar="PX",
                        help="square input size, a multiple of 32 (default: 640)")
@@ -124,6 +134,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         problems.append("--output-dir is required (the model claim root, e.g. /models)")
     if args.version is None or args.version < 1:
         problems.append("--version N (N >= 1) is required")
+    if not args.base_weights:
+        problems.append("--base-weights is required: zoo:<stub>, a YOLOv5 or Kontinual *.pt, or a yolov5 model "
+                        "config such as yolov5s.yaml for random init")
     if args.dataset_dir is None and not (args.roboflow_workspace and args.roboflow_project):
         problems.append("give --dataset-dir, or --roboflow-workspace and --roboflow-project")
     if args.dataset_version != "latest" and not args.dataset_version.isdigit():

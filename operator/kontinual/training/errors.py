@@ -6,8 +6,8 @@ Reasons (stable, the operator and users match on them):
   DatasetGenerationFailed  Roboflow refused to generate a new dataset version, or did not finish in time
   DatasetInvalid       the dataset's layout, data.yaml, an image or a label line is wrong
   DatasetEmpty         the training split has no labeled images
-  RecipeInvalid        the SparseML recipe cannot be read or applied
-  BaseWeightsInvalid   --base-weights is neither a yolov5 model config nor a Kontinual model.pt
+  RecipeInvalid        the SparseML recipe cannot be fetched (zoo:, http), read or applied
+  BaseWeightsInvalid   --base-weights cannot be fetched (zoo:, http) or read as a checkpoint or config
   TrainingFailed       training itself failed (e.g. the loss became NaN, out of memory)
   ExportFailed         ONNX export failed, or the ONNX does not load in onnxruntime or compile in DeepSparse
   EvaluationFailed     running the exported ONNX on the evaluation split failed

@@ -1,4 +1,4 @@
-"""Building the YOLOv5 model from a config or a previous run's model.pt, and saving model.pt."""
+"""Building the YOLOv5 model to train from its base (config or checkpoint), and saving model.pt."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from kontinual.training import compat
+from kontinual.training.checkpoints import CHECKPOINT_FORMAT, BaseCheckpoint, head_classes, read_checkpoint
 from kontinual.training.errors import BASE_WEIGHTS_INVALID, TrainingError
+from kontinual.training.sources import BASE_WEIGHTS_FORMS, fetch_base_weights
 
 _LOG = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "kontinual-yolov5/1"
 MODEL_CONFIGS = ("yolov5n.yaml", "yolov5s.yaml", "yolov5m.yaml", "yolov5l.yaml", "yolov5x.yaml")
 
 
@@ -29,7 +30,7 @@ class LoadedModel:
 
 
 def _config_path(name: str) -> Path:
-    path = Path(name)
+    path = Path(name[len("file://"):] if name.startswith("file://") else name)
     if path.is_file():
         return path
     import yolov5
@@ -40,8 +41,7 @@ def _config_path(name: str) -> Path:
     raise TrainingError(
         BASE_WEIGHTS_INVALID,
         f"--base-weights {name!r}: no such file, and not a yolov5 model config name "
-        f"(one of {', '.join(MODEL_CONFIGS)}); expected a config name or path (*.yaml) or a model.pt "
-        "written by an earlier `kontinual train` run",
+        f"(one of {', '.join(MODEL_CONFIGS)}); expected {BASE_WEIGHTS_FORMS}",
     )
 
 
@@ -54,58 +54,86 @@ def _build(cfg: Any, nc: int, names: list[str]) -> torch.nn.Module:
     return model
 
 
-def load_base(base_weights: str, names: list[str]) -> LoadedModel:
-    """The model to train: random init from a yolov5 config, or a previous run's model.pt."""
-    nc = len(names)
-    if base_weights.endswith((".yaml", ".yml")):
+def read_base(base_weights: str, work: Path) -> BaseCheckpoint | dict[str, Any]:
+    """Fetch and read --base-weights before the dataset download: a config (dict) or a checkpoint."""
+    if base_weights.endswith((".yaml", ".yml")) and not base_weights.startswith(("zoo:", "http://", "https://")):
         import yaml
 
         path = _config_path(base_weights)
         try:
             cfg = yaml.safe_load(path.read_text())
-            model = _build(cfg, nc, names)
+            assert isinstance(cfg, dict) and "backbone" in cfg and "head" in cfg, "no backbone/head"
         except Exception as exc:  # noqa: BLE001 - any config error is the user's input
             raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {base_weights}: not a valid "
                                 f"yolov5 model config: {type(exc).__name__}: {exc}") from exc
-        _LOG.info("base model: %s (random init), %d classes", path.name, nc)
+        cfg["_file"] = path.name
+        return cfg
+    return read_checkpoint(fetch_base_weights(base_weights, work), base_weights)
+
+
+def build_model(base: BaseCheckpoint | dict[str, Any], names: list[str]) -> LoadedModel:
+    """The model to train for the dataset's classes: random init from a config, our model.pt as it was,
+    or a YOLOv5 checkpoint with everything that fits transferred and the detection head rebuilt."""
+    nc = len(names)
+    if isinstance(base, dict):
+        cfg = {k: v for k, v in base.items() if k != "_file"}
+        try:
+            model = _build(cfg, nc, names)
+        except Exception as exc:  # noqa: BLE001
+            raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {base.get('_file')}: not a valid "
+                                f"yolov5 model config: {type(exc).__name__}: {exc}") from exc
+        _LOG.info("base model: %s (random init, asked for explicitly), %d classes", base.get("_file"), nc)
         return LoadedModel(model, compat.record_routing(model), "config")
-    return _load_checkpoint(Path(base_weights), names)
-
-
-def _load_checkpoint(path: Path, names: list[str]) -> LoadedModel:
-    if not path.is_file():
-        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {path}: no such file (expected a "
-                            "model.pt of an earlier run or a yolov5 model config *.yaml)")
+    if base.kind == "kontinual" and base.names != list(names):
+        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {base.source} was trained for classes "
+                            f"{base.names}, but the dataset has {list(names)}; start from a pretrained "
+                            "checkpoint (zoo:<stub> or a YOLOv5 *.pt) when the classes change")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = _build(base.cfg, nc, names)
     except Exception as exc:  # noqa: BLE001
-        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {path}: cannot be read as a "
-                            f"Kontinual model.pt: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {path}: not a Kontinual model.pt "
-                            f"(format {CHECKPOINT_FORMAT}); pass a model.pt written by `kontinual train` "
-                            "or a yolov5 model config such as yolov5s.yaml")
-    if list(ckpt["names"]) != list(names):
-        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {path} was trained for classes "
-                            f"{list(ckpt['names'])}, but the dataset has {list(names)}; start from a "
-                            "model config (e.g. yolov5s.yaml) when the classes change")
-    model = _build(ckpt["yaml"], len(names), names)
+        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {base.source}: its model config does not "
+                            f"build: {type(exc).__name__}: {exc}") from exc
     routing = compat.record_routing(model)
-    qrecipe = ckpt.get("quantization_recipe")
+    qrecipe = base.quantization_recipe
     try:
         if qrecipe:
             # Recreate the QAT structure the weights were trained in, then load them.
             from kontinual.training.recipes import sparseml_loggers, structure_manager
 
-            structure_manager(qrecipe).apply_structure(model, epoch=float("inf"), loggers=sparseml_loggers())
+            structure_manager(qrecipe).apply_structure(model, epoch=base.structure_epoch, loggers=sparseml_loggers())
             compat.restore_routing(model, routing)
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        if base.kind == "kontinual":
+            model.load_state_dict(base.state_dict, strict=True)
+        else:
+            _transfer(model, base, names)
+    except TrainingError:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {path}: its weights do not fit its "
+        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {base.source}: its weights do not fit its "
                             f"model: {type(exc).__name__}: {exc}") from exc
-    _LOG.info("base model: %s (continuing; %s, %d earlier run(s))", path,
-              "quantized" if qrecipe else "float", len(ckpt.get("history", [])))
-    return LoadedModel(model, routing, "checkpoint", qrecipe, list(ckpt.get("history", [])))
+    if base.kind == "kontinual":
+        _LOG.info("base model: %s (continuing; %s, %d earlier run(s))", base.source,
+                  "quantized" if qrecipe else "float", len(base.history))
+    return LoadedModel(model, routing, "checkpoint", qrecipe, list(base.history))
+
+
+def _transfer(model: torch.nn.Module, base: BaseCheckpoint, names: list[str]) -> None:
+    """Load every tensor whose name and shape fit (yolov5's intersect_dicts); log what was left out."""
+    own = model.state_dict()
+    fits = {k: v for k, v in base.state_dict.items() if k in own and own[k].shape == v.shape}
+    if len(fits) < 0.5 * len(own):
+        raise TrainingError(BASE_WEIGHTS_INVALID, f"--base-weights {base.source}: only {len(fits)} of "
+                            f"{len(own)} tensors fit the model its own config builds; not a YOLOv5 checkpoint "
+                            "of this architecture")
+    model.load_state_dict(fits, strict=False)
+    skipped = sorted(set(own) - set(fits))
+    base_nc = head_classes(base.state_dict, base.cfg)
+    head = (f"detection head rebuilt for {len(names)} classes (the checkpoint had {base_nc})"
+            if base_nc != len(names) else f"same {len(names)} classes, head kept")
+    _LOG.info("base model: %s (YOLOv5 checkpoint%s): transferred %d of %d tensors; %s; not transferred: %s",
+              base.source, ", quantized" if base.quantization_recipe else "", len(fits), len(own), head,
+              ", ".join(skipped[:12]) + (f" and {len(skipped) - 12} more" if len(skipped) > 12 else "")
+              if skipped else "none")
 
 
 def is_quantized(model: torch.nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""The training run, step by step: dataset -> model and recipe -> train -> export and check ->
+"""The training run, step by step: sources -> dataset -> model and recipe -> train -> export and check ->
 evaluate -> artifacts -> result."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
     from kontinual.training.evaluate import evaluate_onnx
     from kontinual.training.export import check_onnx, export_onnx, onnx_conv_sparsity
     from kontinual.training.loop import TrainSettings, train
-    from kontinual.training.model import conv_sparsity, is_quantized, load_base, save_checkpoint
+    from kontinual.training.model import build_model, conv_sparsity, is_quantized, read_base, save_checkpoint
     from kontinual.training.recipes import build_recipe, read_recipe
 
     timings: dict[str, float] = {}
@@ -59,6 +59,10 @@ def run(args: argparse.Namespace) -> TrainingResult:
     folder = VersionFolder(args.output_dir, args.version)
     try:
         folder.create()  # first: a taken version fails before any download
+        with _step("sources", timings):
+            # Base weights and recipe before the dataset: a bad source fails in seconds, not after a download.
+            recipe_text, recipe_source = read_recipe(args.recipe, work)
+            base = read_base(args.base_weights, work)
         with _step("dataset", timings):
             version, generated = None, None
             if args.dataset_dir is not None:
@@ -76,8 +80,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
             data = datasets.validate(root)
             data.version = version
         with _step("model", timings):
-            recipe_text, recipe_source = read_recipe(args.recipe)
-            loaded = load_base(args.base_weights, data.names)
+            loaded = build_model(base, data.names)
             recipe = build_recipe(recipe_text, recipe_source, epochs=args.epochs,
                                   base_quantized=bool(loaded.quantization_recipe))
         settings = TrainSettings(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,34 @@ class Recipe:
     quantizes: bool  # the manager (still) holds a QuantizationModifier
 
 
-def read_recipe(spec: str | None) -> tuple[str, str]:
-    """(text, source) of `--recipe`: a file path, or the name of a built-in recipe."""
+def read_recipe(spec: str | None, work: Path) -> tuple[str, str]:
+    """(text, source) of `--recipe`: a built-in recipe name, a file (YAML, or Markdown with YAML front
+    matter as SparseZoo ships recipes), an http(s) URL, or zoo:<stub>?recipe_type=<type>."""
+    from kontinual.training.sources import fetch_recipe
+
     spec = spec or DEFAULT_RECIPE
-    path = Path(spec)
-    if not path.is_file() and (RECIPES_DIR / f"{spec}.yaml").is_file():
+    if (RECIPES_DIR / f"{spec}.yaml").is_file() and not Path(spec).is_file():
         path = RECIPES_DIR / f"{spec}.yaml"
-    if not path.is_file():
+    elif spec.startswith(("zoo:", "http://", "https://", "file://")) or Path(spec).is_file():
+        path = fetch_recipe(spec, work)
+    else:
         raise TrainingError(RECIPE_INVALID, f"--recipe {spec!r}: no such file, and not a built-in recipe "
-                            f"({', '.join(builtin_recipes())})")
+                            f"({', '.join(builtin_recipes())}), zoo:<stub>?recipe_type=<type> or an https:// URL")
     try:
-        return path.read_text(), str(path)
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise TrainingError(RECIPE_INVALID, f"--recipe {spec}: cannot be read: {exc}") from exc
+    text = _front_matter(text) if path.suffix == ".md" or text.lstrip().startswith("---") else text
+    if not text.strip():
+        raise TrainingError(RECIPE_INVALID, f"--recipe {spec}: empty (expected SparseML recipe YAML, or a "
+                            "Markdown recipe card with YAML front matter)")
+    return text, spec if not Path(spec).is_file() else str(path)
+
+
+def _front_matter(text: str) -> str:
+    """The YAML between the leading `---` lines of a Markdown recipe card (SparseML's own rule)."""
+    match = re.search(r"^\s*(?:---|\+\+\+)(.*?)(?:---|\+\+\+)", text, re.S | re.M)
+    return match.group(1) if match else ""
 
 
 def build_recipe(text: str, source: str, *, epochs: int, base_quantized: bool) -> Recipe:
