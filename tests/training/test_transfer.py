@@ -106,7 +106,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 def test_yolov5_checkpoint_with_80_classes_fine_tunes_on_4_classes(tmp_path: Path, soccer_dataset: Path,
                                                                   tiny_model_config: Path) -> None:
-    weights = save_yolov5_checkpoint(tmp_path / "www/yolov5-tiny-coco.pt", tiny_model_config, nc=80)
+    save_yolov5_checkpoint(tmp_path / "www/yolov5-tiny-coco.pt", tiny_model_config, nc=80)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(_Quiet, directory=str(tmp_path / "www")))
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -245,12 +245,13 @@ def test_first_run_compares_with_the_seed_and_later_runs_with_the_serving_versio
 
 
 def test_seed_on_another_claim_or_https_reaches_the_trainer_as_a_file() -> None:
-    spec = make_spec(model={"uri": "pvc://store/yolo/seed.onnx", "classNames": ["ball"]})
+    weights = {"baseWeights": "https://models.example/yolov5s.pt"}  # a seed that is not a stub needs them
+    spec = make_spec(weights, model={"uri": "pvc://store/yolo/seed.onnx", "classNames": ["ball"]})
     manifest = job(spec)
     assert arg(trainer(manifest), "--baseline-model") == "/inputs/baseline-claim/yolo/seed.onnx"
     assert mounts(manifest)["/inputs/baseline-claim"]["persistentVolumeClaim"]["claimName"] == "store"
     assert arg(trainer(manifest), "--baseline-class-names") == '["ball"]'
-    https = job(make_spec(model={"uri": "https://models.example/seed.onnx"}))
+    https = job(make_spec(weights, model={"uri": "https://models.example/seed.onnx"}))
     fetch = {c["name"]: c for c in https["spec"]["template"]["spec"]["initContainers"]}["fetch-baseline"]
     assert fetch["command"][-2:] == ["https://models.example/seed.onnx", "/inputs/baseline.onnx"]
     assert "--baseline-class-names" not in trainer(https)["args"]  # no names known: the trainer checks nc

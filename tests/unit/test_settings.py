@@ -42,8 +42,8 @@ def test_every_variable_is_read() -> None:
 
 def test_empty_values_mean_the_default() -> None:
     env = {name: "" for name in ("KONTINUAL_SERVER_IMAGE", "KONTINUAL_TRAINER_IMAGE", "KONTINUAL_ROBOFLOW_API_URL",
-                                 "KONTINUAL_SPARSEZOO_API_URL", "KONTINUAL_RESYNC_SECONDS", "KONTINUAL_HEALTH_PORT", "KONTINUAL_LOG_LEVEL",
-                                 "KONTINUAL_WATCH_NAMESPACES")}
+                                 "KONTINUAL_SPARSEZOO_API_URL", "KONTINUAL_RESYNC_SECONDS", "KONTINUAL_HEALTH_PORT",
+                                 "KONTINUAL_LOG_LEVEL", "KONTINUAL_WATCH_NAMESPACES")}
     assert Settings.from_env(env) == Settings()
 
 

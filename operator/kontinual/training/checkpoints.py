@@ -100,12 +100,15 @@ def read_checkpoint(path: Path, source: str) -> BaseCheckpoint:
     recipe = recipe if isinstance(recipe, str) and "QuantizationModifier" in recipe else None
     epoch = ckpt.get("epoch", -1)
     structure_epoch = float(epoch) if isinstance(epoch, (int, float)) and epoch >= 0 else float("inf")
+    cfg: Any
+    state: dict[str, torch.Tensor]
     if isinstance(weights, torch.nn.Module):
         cfg = getattr(weights, "yaml", None)
         state = weights.float().state_dict()
         names = _names(getattr(weights, "names", None))
     elif _is_state_dict(weights):
-        cfg, state, names = ckpt.get("yaml"), weights, _names(ckpt.get("names"))
+        cfg, names = ckpt.get("yaml"), _names(ckpt.get("names"))
+        state = weights  # type: ignore[assignment]  # _is_state_dict checked it
         if cfg is None:
             cfg = _guess_config(state, source)
     else:

@@ -23,9 +23,10 @@ Train a YOLOv5 model with a SparseML recipe, export it to ONNX for DeepSparse, e
 store it as version N on the model claim.
 
 Pipeline: fetch --base-weights and --recipe -> (with --generate-version, have Roboflow generate a
-new version) -> download the Roboflow dataset version (or read --dataset-dir) -> validate it -> train with the recipe -> export ONNX
-(input [1,3,S,S]) -> check it in onnxruntime and DeepSparse -> evaluate mAP50 / mAP50-95 of the
-ONNX on the test split (valid if there is none), and the --baseline-model on the same split -> write
+new version) -> download the Roboflow dataset version (or read --dataset-dir) -> validate it ->
+train with the recipe -> export ONNX (input [1,3,S,S]) -> check it in onnxruntime and DeepSparse ->
+evaluate mAP50 / mAP50-95 of the ONNX on the test split (valid if there is none), and the
+--baseline-model on the same split -> write
 <output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json}} (built in
 <output-dir>/.v<N>.tmp-<random>, renamed when complete) -> write the result JSON to --result-file.
 
@@ -125,10 +126,8 @@ def _env_defaults(parser: argparse.ArgumentParser) -> None:
                 raise TrainingError(INVALID_ARGUMENTS, f"{ENV_PREFIX}{action.dest.upper()}={value!r}: {exc}") from exc
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = _parser()
-    _env_defaults(parser)
-    args = parser.parse_args(argv)
+def _missing(args: argparse.Namespace) -> list[str]:
+    """The required flags that are not there."""
     problems = []
     if args.output_dir is None:
         problems.append("--output-dir is required (the model claim root, e.g. /models)")
@@ -139,6 +138,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         "config such as yolov5s.yaml for random init")
     if args.dataset_dir is None and not (args.roboflow_workspace and args.roboflow_project):
         problems.append("give --dataset-dir, or --roboflow-workspace and --roboflow-project")
+    return problems
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = _parser()
+    _env_defaults(parser)
+    args = parser.parse_args(argv)
+    problems = _missing(args)
     if args.dataset_version != "latest" and not args.dataset_version.isdigit():
         problems.append(f"--dataset-version must be 'latest' or a number, got {args.dataset_version!r}")
     if args.device not in ("auto", "cpu", "cuda"):  # argparse does not check defaults from the environment

@@ -123,7 +123,7 @@ def fetch_recipe(value: str, work: Path) -> Path:
     flag = "--recipe"
     if value.startswith(ZOO_PREFIX):
         model = _zoo_model(value, RECIPE_INVALID, flag)
-        recipes = getattr(model, "recipes")
+        recipes = model.recipes  # type: ignore[attr-defined]
         available = recipes.available or []
         wanted = split_stub(value)[1].get("recipe_type") or split_stub(value)[1].get("recipe")
         if wanted and not any(name.startswith(f"recipe_{wanted}") for name in available):
