@@ -75,7 +75,6 @@ def test_a_dripping_roboflow_does_not_delay_an_unrelated_repair(cluster: Cluster
 
         status, report = health(kontinual)
         assert status == 200 and "workers" in report, report
-        assert report["workers"]["pollsRunning"] + report["workers"]["pollsQueued"] >= 1, report
 
         model = wait_for("slow-0's second failed poll", lambda: (lambda m: m if ((m or {}).get("status") or {})
                          .get("training", {}).get("pollFailures", 0) >= 2 else None)(get_model(cluster, NAMESPACE, "slow-0")),

@@ -90,11 +90,18 @@ def replica_set_versions(cluster: Cluster) -> set[str]:
             if owned_by(rs, deployment.metadata.uid)}
 
 
-def success(version: int, map50: float) -> str:
-    """The trainer's result JSON, as the architecture's contract writes it to /dev/termination-log."""
-    return json.dumps({"version": version, "status": "Succeeded", "onnx": f"v{version}/model.onnx",
-                       "sha256": SHA[version], "metrics": {"mAP50": map50, "mAP50_95": map50 / 2},
-                       "sparsity": 0.8, "datasetVersion": "3", "images": {"train": 8, "valid": 2, "test": 2}})
+def success(version: int, map50: float, baseline: float | None = None) -> str:
+    """The trainer's result JSON, as the architecture's contract writes it to /dev/termination-log.
+
+    `baseline`: the serving model's mAP50 on the same split (the champion the gate compares with).
+    """
+    result: dict[str, Any] = {
+        "version": version, "status": "Succeeded", "onnx": f"v{version}/model.onnx",
+        "sha256": SHA[version], "metrics": {"mAP50": map50, "mAP50_95": map50 / 2},
+        "sparsity": 0.8, "datasetVersion": "3", "images": {"train": 8, "valid": 2, "test": 2}}
+    if baseline is not None:
+        result["baseline"] = {"version": version - 1, "metrics": {"mAP50": baseline, "mAP50_95": baseline / 2}}
+    return json.dumps(result)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +154,7 @@ def test_a_succeeded_run_is_promoted_and_rolled_out(cluster: Cluster, kontinual:
 
 def test_a_worse_model_is_rejected_by_the_gate(cluster: Cluster, kontinual: Operator, model: dict[str, Any]) -> None:
     request_training(cluster, "second")
-    play_kubelet_terminated(cluster, job_pod(cluster, f"{NAME}-train-2"), exit_code=0, message=success(2, 0.40))
+    play_kubelet_terminated(cluster, job_pod(cluster, f"{NAME}-train-2"), exit_code=0, message=success(2, 0.40, baseline=0.61))
     job_finished(cluster, f"{NAME}-train-2", "Complete")
     current = recorded(cluster, 2)
     assert current["status"]["serving"]["version"] == 1
