@@ -63,9 +63,14 @@ def parse(cr: dict[str, Any]) -> specs.Spec:
 class DeepSparseServer:
     """`with DeepSparseServer(cr, api_key, workdir) as server:` a ready server on 127.0.0.1."""
 
-    def __init__(self, cr: dict[str, Any], api_key: str, workdir: Path, **logger_overrides: Any) -> None:
+    def __init__(self, cr: dict[str, Any], api_key: str, workdir: Path, *, model_file: Path | None = None,
+                 **logger_overrides: Any) -> None:
         self.spec = parse(cr)
         self.config = builders.server_config(self.spec)
+        if model_file is not None:
+            # The CR names a model this machine cannot fetch (a zoo: stub): serve a local stand-in
+            # of the same shape; everything else stays exactly as the builder rendered it.
+            self.config["endpoints"][0]["model"] = str(model_file.resolve())
         # Test-only knobs (shorter back-off, fewer workers) go through the same logger kwargs.
         if logger_overrides:  # test-only knobs (back-off, workers) are logger kwargs too
             self.config["loggers"]["roboflow"].update(logger_overrides)
