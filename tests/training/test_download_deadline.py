@@ -11,10 +11,11 @@ from tests.training.conftest import run_train
 KEY = "rf-drip-key-3b9d"
 
 
-def test_a_dripping_roboflow_fails_the_run_at_the_download_deadline(tmp_path: Path) -> None:
+def test_a_dripping_roboflow_fails_the_run_at_the_download_deadline(tmp_path: Path, tiny_model_config: Path) -> None:
     with Dripping(interval=1.0) as drip:  # the roboflow SDK has no timeouts: it would wait for ever
         started = time.monotonic()
-        run = run_train(["--roboflow-workspace", "acme", "--roboflow-project", "soccer", "--output-dir",
+        run = run_train(["--base-weights", str(tiny_model_config),  # a start that needs no download
+                         "--roboflow-workspace", "acme", "--roboflow-project", "soccer", "--output-dir",
                          str(tmp_path / "m"), "--version", "1", "--download-timeout", "5"],
                         result_file=tmp_path / "result.json", env={"API_URL": drip.url, "ROBOFLOW_API_KEY": KEY},
                         timeout=240)
@@ -28,9 +29,11 @@ def test_a_dripping_roboflow_fails_the_run_at_the_download_deadline(tmp_path: Pa
     print(f"kontinual train gave up after {elapsed:.1f} s (5 s download deadline, the rest is start-up)")
 
 
-def test_a_dripping_roboflow_fails_version_generation_at_its_deadline(tmp_path: Path) -> None:
+def test_a_dripping_roboflow_fails_version_generation_at_its_deadline(tmp_path: Path,
+                                                                     tiny_model_config: Path) -> None:
     with Dripping(interval=1.0) as drip:
-        run = run_train(["--roboflow-workspace", "acme", "--roboflow-project", "soccer", "--output-dir",
+        run = run_train(["--base-weights", str(tiny_model_config),  # a start that needs no download
+                         "--roboflow-workspace", "acme", "--roboflow-project", "soccer", "--output-dir",
                          str(tmp_path / "m"), "--version", "1", "--generate-version",
                          '{"preprocessing": {}, "augmentation": {}}', "--generate-timeout", "5"],
                         result_file=tmp_path / "result.json", env={"API_URL": drip.url, "ROBOFLOW_API_KEY": KEY},
