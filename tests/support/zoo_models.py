@@ -112,6 +112,28 @@ def checkpoint_conv_masks(path: Path) -> list:
     return [(v == 0).numpy() for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
 
 
+
+def onnx_conv_masks(path: Path) -> list:
+    """The zero mask (numpy bool array) of every conv weight in an ONNX file (INT8: weight == zero point),
+    read independently of the trainer."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type == "Conv" and node.input[1] in init:
+            weight, zero_point = init[node.input[1]], 0
+        elif node.op_type == "ConvInteger" and node.input[1] in init:
+            weight, zero_point = init[node.input[1]], init[node.input[3]] if len(node.input) > 3 else 0
+        elif node.op_type == "QLinearConv" and node.input[3] in init:
+            weight, zero_point = init[node.input[3]], init[node.input[5]]
+        else:
+            continue
+        found.append(weight == zero_point)
+    return found
+
 _YOLOV5_TRAIN_SAVE = textwrap.dedent('''
     """Save a checkpoint as YOLOv5's train.py does (run from the yolov5 repository: modules models.*)."""
     import sys, importlib

@@ -12,10 +12,10 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from onnx import numpy_helper
 
 from tests.support.roboflow_double import RoboflowDouble
 from tests.support.synthetic import make_dataset
+from tests.support.zoo_models import SPARSIFY_RECIPE, onnx_conv_masks
 from tests.training.conftest import IMAGE_SIZE, Run, run_train
 
 pytestmark = pytest.mark.slow
@@ -38,26 +38,6 @@ pruning_modifiers:
     leave_enabled: True
 """
 
-PRUNE_QUANTIZE_RECIPE = """
-version: 1.1.0
-num_epochs: 2
-training_modifiers:
-  - !EpochRangeModifier
-    start_epoch: 0.0
-    end_epoch: eval(num_epochs)
-pruning_modifiers:
-  - !GMPruningModifier
-    params: __ALL_PRUNABLE__
-    init_sparsity: 0.05
-    final_sparsity: 0.6
-    start_epoch: 0.0
-    end_epoch: 1.0
-    update_frequency: 0.5
-    leave_enabled: True
-quantization_modifiers:
-  - !QuantizationModifier
-    start_epoch: 1.0
-"""
 
 
 def common_args(model_config: Path, recipe: Path | str) -> list[str]:
@@ -67,22 +47,9 @@ def common_args(model_config: Path, recipe: Path | str) -> list[str]:
 
 def conv_weight_sparsity(path: Path) -> float:
     """Zero conv weights in an ONNX file, read independently of the trainer (INT8: == zero point)."""
-    graph = onnx.load(str(path)).graph
-    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    zeros = total = 0
-    for node in graph.node:
-        if node.op_type == "Conv" and node.input[1] in init:
-            weight, zero_point = init[node.input[1]], 0
-        elif node.op_type == "ConvInteger" and node.input[1] in init:
-            weight, zero_point = init[node.input[1]], init[node.input[3]] if len(node.input) > 3 else 0
-        elif node.op_type == "QLinearConv" and node.input[3] in init:
-            weight, zero_point = init[node.input[3]], init[node.input[5]]
-        else:
-            continue
-        zeros += int((weight == zero_point).sum())
-        total += weight.size
-    assert total, "no conv weights found in the ONNX"
-    return zeros / total
+    masks = onnx_conv_masks(path)
+    assert masks, "no conv weights found in the ONNX"
+    return sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)
 
 
 def file_sha256(path: Path) -> str:
@@ -152,7 +119,7 @@ def quantized_run(tmp_path_factory: pytest.TempPathFactory, soccer_dataset: Path
                   claim: Path) -> Run:
     work = tmp_path_factory.mktemp("pq-run")
     recipe = work / "prune-quantize.yaml"
-    recipe.write_text(PRUNE_QUANTIZE_RECIPE)
+    recipe.write_text(SPARSIFY_RECIPE)  # GMP pruning to 60 %, then QAT
     return run_train(["--dataset-dir", str(soccer_dataset), "--output-dir", str(claim), "--version", "5",
                       "--epochs", "2", *common_args(tiny_model_config, recipe)], result_file=work / "result.json")
 

@@ -15,34 +15,16 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from onnx import numpy_helper
 
 from tests.support.roboflow_double import RoboflowDouble
 from tests.support.sparsezoo_double import SparseZooDouble
-from tests.support.zoo_models import STUB, build_zoo_model, checkpoint_conv_masks, save_yolov5_checkpoint
+from tests.support.zoo_models import (STUB, build_zoo_model, checkpoint_conv_masks, onnx_conv_masks,
+                                      save_yolov5_checkpoint)
 from tests.training.conftest import IMAGE_SIZE, Run, run_train
 
 pytestmark = pytest.mark.slow
 TRANSFER = f"{STUB}?recipe_type=transfer_learn"
 FLAGS = ["--image-size", str(IMAGE_SIZE), "--batch-size", "8", "--workers", "0", "--device", "cpu"]
-
-
-def onnx_conv_masks(path: Path) -> list[np.ndarray]:
-    """The zero mask of every conv weight in the ONNX (INT8: weight == zero point)."""
-    graph = onnx.load(str(path)).graph
-    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    found = []
-    for node in graph.node:
-        if node.op_type == "Conv" and node.input[1] in init:
-            weight, zero_point = init[node.input[1]], 0
-        elif node.op_type == "ConvInteger" and node.input[1] in init:
-            weight, zero_point = init[node.input[1]], init[node.input[3]] if len(node.input) > 3 else 0
-        elif node.op_type == "QLinearConv" and node.input[3] in init:
-            weight, zero_point = init[node.input[3]], init[node.input[5]]
-        else:
-            continue
-        found.append(weight == zero_point)
-    return found
 
 
 def per_layer_sparsity_change(checkpoint: list[np.ndarray], exported: list[np.ndarray]) -> list[float]:
