@@ -91,16 +91,13 @@ class _Guard:
 
     def allowed_host(self, host: Any) -> bool:
         """A literal address on this machine, a local name, or no host at all (a bind or a socketpair)."""
-        if host is None or isinstance(host, int):
-            return True
         if isinstance(host, bytes):
             host = host.decode(errors="replace")
         if not isinstance(host, str) or host == "":
             return True
-        try:
-            return self.allowed_ip(ipaddress.ip_address(host.split("%", 1)[0]))
-        except ValueError:
-            pass
+        ip = _literal(host)
+        if ip is not None:
+            return self.allowed_ip(ip)
         name = host.rstrip(".").lower()
         return name in LOCAL_NAMES or name.endswith(".localhost") or name == _hostname()
 
@@ -122,7 +119,7 @@ class _Guard:
             elif event == "socket.gethostbyaddr":  # a reverse lookup asks a DNS server about any outside address
                 ok, target = self.allowed_host(args[0]), args[0]
             else:  # a literal address resolves without a query; the connect to it is checked then
-                ok, target = _is_literal(args[0]) or self.allowed_host(args[0]), args[0]
+                ok, target = _literal(args[0]) is not None or self.allowed_host(args[0]), args[0]
             if ok:
                 return
             self._write(event, target)
@@ -144,16 +141,16 @@ class _Guard:
             pass
 
 
-def _is_literal(host: Any) -> bool:
+def _literal(host: Any) -> ipaddress._BaseAddress | None:
+    """The address a host string spells literally (IPv6 scope ids dropped), else None (a name, or no host)."""
     if isinstance(host, bytes):
         host = host.decode(errors="replace")
     if not isinstance(host, str):
-        return False
+        return None
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        return True
+        return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
 
 
 _hostname_cache: list[str] = []
