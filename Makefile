@@ -67,9 +67,10 @@ test-chart: venv
 	$(PYTEST) -ra tests/chart
 test-e2e: venv
 	$(PYTEST) -ra tests/e2e
-# A real node (kubelet, kube-proxy, Docker) and the whole loop in real pods; needs root (see tests/node).
+# A real node (kubelet, kube-proxy, Docker) and the whole loop in real pods; needs root, else it is
+# skipped with a banner (see tests/node). `make test` runs it too.
 test-node: venv
-	KONTINUAL_NODE=1 $(PYTEST) -p no:cacheprovider -ra --durations=15 tests/node
+	$(PYTEST) -p no:cacheprovider -ra --durations=15 tests/node
 
 bench: venv
 	$(BIN)/python benchmarks/reconcile.py

@@ -2,13 +2,15 @@
 
 The session fixture `node` builds (first run on a machine only) and starts the node of
 tests/node/node.py and tears it down by pid at the end, restoring the host. `images` builds the
-images of images/ on a locally made Debian base (cached by content hash). The tier needs root
-and Docker; where the machine cannot run it, it is skipped with a banner, and
-KONTINUAL_E2E_REQUIRED=1 (CI) turns that skip into a failure.
+images of images/ on a locally made Debian base (cached by content hash). The tier runs in
+`make test`; it needs root (Docker and the other Debian packages it installs itself): where
+the machine cannot run it, it is skipped with a banner, and KONTINUAL_E2E_REQUIRED=1 (set by
+.ci/run) turns that skip into a failure.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import time
@@ -19,27 +21,38 @@ from typing import NoReturn
 import pytest
 from kubernetes import config
 
+from tests.cluster import plane as cp
 from tests.cluster.build import BuildFailed, ToolchainUnavailable, ensure_binaries
 from tests.node import host
 from tests.node.build import ensure_node_binaries
-from tests.node.node import down, up
+from tests.node.node import NODE_IP, POD_CIDR, down, up
 from tests.node.workload import RealNode
+from tests.support.netguard import ENV_ALLOW
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "continualmodels.kontinual.io.yaml"
 TIMINGS: dict[str, float] = {}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Opt-in for now (KONTINUAL_NODE=1, set by `make test-node`): under the egress guard of
-    tests/support/netguard.py the test process's requests to ClusterIPs (10.96.0.0/16, routed
-    into the node's bridge) are refused as off-machine, so the tier cannot pass in `make test` yet."""
-    if os.environ.get("KONTINUAL_NODE") == "1":
-        return
-    skip = pytest.mark.skip(reason="the real-node tier is opt-in: KONTINUAL_NODE=1 (make test-node)")
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
-            item.add_marker(skip)
+def node_ranges() -> list[str]:
+    """The node's private, on-machine ranges the test process talks to: Services, pods, the node IP."""
+    ranges = [cp.SERVICE_CIDR, POD_CIDR, f"{NODE_IP}/32"]
+    for text in ranges:  # never widen the egress guard beyond this machine's private ranges
+        assert ipaddress.ip_network(text).is_private, f"{text} is not a private range"
+    return ranges
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_traffic_allowed() -> Iterator[None]:
+    """The egress guard lets the tier reach its ClusterIPs and pods (routed into the node's bridges,
+    so not among this machine's own addresses); children started later inherit the variable."""
+    previous = os.environ.get(ENV_ALLOW)
+    os.environ[ENV_ALLOW] = ",".join(filter(None, [previous, *node_ranges()]))
+    yield
+    if previous is None:
+        os.environ.pop(ENV_ALLOW, None)
+    else:
+        os.environ[ENV_ALLOW] = previous
 
 
 def unavailable(reason: str) -> NoReturn:

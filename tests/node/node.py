@@ -15,6 +15,7 @@ Only one node runs per machine (fixed bridge names and addresses): MARKER names 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -325,9 +326,7 @@ def remove_kubepods_cgroups() -> None:
             continue
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
                                 reverse=True) + [top]:
-            try:
+            with contextlib.suppress(OSError):  # still in use: the kernel keeps it
                 directory.rmdir()
-            except OSError:
-                pass
 
 

@@ -94,23 +94,6 @@ def test_the_server_serves_the_seed_through_its_service_and_captures_data(
     assert all(r.api_key in (API_KEY, None) for r in roboflow.requests)
 
 
-def request_training(node: RealNode, value: str) -> None:
-    node.custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, {
-        "metadata": {"annotations": {f"{GROUP}/train-request": value}}})
-
-
-def serving_version(node: RealNode) -> int | None:
-    return (model_now(node).get("status", {}).get("serving") or {}).get("version")
-
-
-def rollout_done(node: RealNode, version: int) -> bool:
-    deployment = node.apps.read_namespaced_deployment(f"{NAME}-server", NAMESPACE)
-    pods = node.core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/component=server").items
-    annotations = {(p.metadata.annotations or {}).get("kontinual.io/model-version") for p in pods}
-    return (deployment.status.updated_replicas == deployment.status.replicas == deployment.status.ready_replicas
-            and annotations == {str(version)} and serving_version(node) == version)
-
-
 def test_a_trained_model_rolls_out_with_zero_failed_requests(node: RealNode, model: dict[str, Any],
                                                              models_volume: Path) -> None:
     url = service_url(node)

@@ -1,6 +1,6 @@
 """What the real-node tests and benchmarks do on the node: install the chart, run one ContinualModel, load it.
 
-Shared by tests/node/test_loop.py and benchmarks/rollout_on_node.py, so the benchmark measures
+Shared by tests/node/test_the_loop.py and benchmarks/rollout_on_node.py, so the benchmark measures
 exactly the loop the tests check.
 """
 
