@@ -12,7 +12,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 PYTEST := $(BIN)/python -m pytest
 
 # No analytics (sparsezoo/deepsparse/sparseml look up an analytics host unless NM_DISABLE_ANALYTICS is set),
-# writable config dirs for yolov5/ultralytics. (ultralytics ignores YOLO_OFFLINE: kontinual.training.offline
+# writable config dirs for yolov5/ultralytics. (ultralytics ignores YOLO_OFFLINE: kontinual.trainer.offline
 # keeps it from probing the internet.)
 export NM_DISABLE_ANALYTICS := 1
 export YOLO_OFFLINE := 1
@@ -49,10 +49,10 @@ $(TOOLS_STAMP): requirements/tools.txt
 check: $(TOOLS_STAMP) venv
 	$(TOOLS)/bin/ruff check operator tests benchmarks
 	$(TOOLS)/bin/mypy --python-executable $(BIN)/python operator/kontinual
-	cd operator && ../$(TOOLS)/bin/lint-imports ../pyproject.toml
+	cd operator && ../$(TOOLS)/bin/lint-imports --no-cache ../pyproject.toml
 
-# Every tier, in order of speed (unit and emulator first: they fail fast).
-test: venv
+# The static checks first, then every tier in order of speed (unit and emulator first: they fail fast).
+test: check
 	$(PYTEST) -p no:cacheprovider -ra --durations=15 tests
 
 test-unit: venv

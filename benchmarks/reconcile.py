@@ -109,9 +109,8 @@ async def start_operator(cluster: Cluster, log: Any) -> subprocess.Popen[bytes]:
         if proc.poll() is not None:
             raise RuntimeError(f"the operator exited with {proc.returncode}; see {log.name}")
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"http://127.0.0.1:{health}/healthz") as rsp:
-                    return rsp.status == 200
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{health}/healthz") as rsp:
+                return rsp.status == 200
         except aiohttp.ClientError:
             return False
 

@@ -45,7 +45,7 @@ NETGUARD_RECORD = Path(_record)
 NETGUARD.install(NETGUARD_RECORD)  # also exports KTEST_NET_GUARD to every child process
 
 # Tests that build models import yolov5 themselves: keep it offline here too, as the trainer does.
-import kontinual.training  # noqa: E402,F401 - installs kontinual.training.offline
+import kontinual.trainer  # noqa: E402,F401 - installs kontinual.trainer.offline
 
 
 def _describe(entries: list[dict]) -> str:

@@ -30,15 +30,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from kontinual.training.cli import main as train_main  # torch is imported only here
+        from kontinual.trainer.cli import main as train_main  # torch is imported only here
 
         return train_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "render":
-        from kontinual.render import main as render_main
+        from kontinual.controller.render import main as render_main
 
         return render_main(args.filename, training_job=args.training_job)
-    from kontinual.handlers import run_operator
+    from kontinual.controller.handlers import run_operator
 
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port)
 

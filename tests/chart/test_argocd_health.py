@@ -1,7 +1,7 @@
 """The documented Argo CD health check (docs/argocd-health.lua) maps real ContinualModel status right.
 
 Runs the script in Lua 5.1 (the dialect Argo CD's gopher-lua speaks) through `lupa`, on statuses
-built with the operator's own condition code (kontinual.status), not hand-written copies.
+built with the operator's own condition code (kontinual.controller.status), not hand-written copies.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kontinual.status import AVAILABLE, DEGRADED, RECONCILED, Condition, merge_conditions, roll_up
+from kontinual.controller.status import AVAILABLE, DEGRADED, RECONCILED, Condition, merge_conditions, roll_up
 from tests.chart.render import ROOT
 
 lupa = pytest.importorskip("lupa", reason="lupa (Lua in Python) is not installed; see requirements/test.txt")

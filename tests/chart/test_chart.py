@@ -103,8 +103,8 @@ def test_values_reach_the_operator_environment() -> None:
 
 
 def test_rendered_environment_parses_into_operator_settings() -> None:
-    """What the chart sets is what kontinual.settings accepts (no typo'd variable, no bad value)."""
-    from kontinual.settings import Settings
+    """What the chart sets is what kontinual.controller.settings accepts (no typo'd variable, no bad value)."""
+    from kontinual.controller.settings import Settings
 
     env = container_env(one(render({"watchNamespaces": "{team-a}", "logging.format": "json"}), "Deployment"))
     settings = Settings.from_env(env)
@@ -192,7 +192,7 @@ def test_rbac_create_false_renders_no_rbac() -> None:
 
 
 def test_the_roboflow_allow_list_reaches_the_operator_and_the_operator_reads_it() -> None:
-    from kontinual.settings import Settings
+    from kontinual.controller.settings import Settings
 
     deployment = one(render({"roboflow.allowedApiUrls": "{https://rf.internal,http://10.0.0.5:8080}"}), "Deployment")
     env = container_env(deployment)

@@ -157,7 +157,7 @@ def test_server_runs_deepsparse_server_with_the_logger_importable() -> None:
 
 
 def test_server_config_path_matches_what_the_operator_mounts() -> None:
-    from kontinual import builders
+    from kontinual.controller import builders
 
     cmd = _stages("server")[-1][-1]
     assert f"{builders.CONFIG_DIR}/{builders.CONFIG_FILE}" in cmd

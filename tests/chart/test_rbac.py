@@ -1,7 +1,7 @@
 """The chart's RBAC grants every API call the operator's code declares, and nothing else.
 
-The required rules are not copied by hand: `kontinual.k8s.API_USAGE` is filled where each API
-resource the operator's reconcile uses is declared, and `kontinual.handlers.FRAMEWORK_API_USAGE`
+The required rules are not copied by hand: `kontinual.controller.k8s.API_USAGE` is filled where each API
+resource the operator's reconcile uses is declared, and `kontinual.controller.handlers.FRAMEWORK_API_USAGE`
 lists what kopf itself does (CRD and namespace observation, events, finalizers, status).
 """
 
@@ -26,21 +26,21 @@ def _flatten(entries: Iterable[tuple[str, str, Iterable[str]]]) -> set[Usage]:
 
 
 def application_usage() -> set[Usage]:
-    k8s = importlib.import_module("kontinual.k8s")
+    k8s = importlib.import_module("kontinual.controller.k8s")
     usage = _flatten(k8s.API_USAGE)
-    assert usage, "kontinual.k8s.API_USAGE is empty: the operator declares no API calls"
+    assert usage, "kontinual.controller.k8s.API_USAGE is empty: the operator declares no API calls"
     return usage
 
 
 def framework_usage() -> set[Usage]:
     try:
-        handlers = importlib.import_module("kontinual.handlers")
+        handlers = importlib.import_module("kontinual.controller.handlers")
     except ModuleNotFoundError as exc:
-        if exc.name != "kontinual.handlers":
+        if exc.name != "kontinual.controller.handlers":
             raise
-        pytest.skip("kontinual.handlers does not exist yet (it declares FRAMEWORK_API_USAGE)")
+        pytest.skip("kontinual.controller.handlers does not exist yet (it declares FRAMEWORK_API_USAGE)")
     if not hasattr(handlers, "FRAMEWORK_API_USAGE"):
-        pytest.skip("kontinual.handlers.FRAMEWORK_API_USAGE is not declared yet")
+        pytest.skip("kontinual.controller.handlers.FRAMEWORK_API_USAGE is not declared yet")
     return _flatten(handlers.FRAMEWORK_API_USAGE)
 
 

@@ -10,6 +10,7 @@ processes recorded in `state.json` (and only those) and removes the directory.
 
 from __future__ import annotations
 
+import contextlib
 import base64
 import ctypes
 import ctypes.util
@@ -87,7 +88,8 @@ def make_pki(pki: Path, extra_ips: Sequence[str] = ()) -> None:
          "-subj", "/CN=kontinual-test-ca", "-out", str(pki / "ca.crt")], quiet=True)
     for name, subject, extensions in (
         ("apiserver", "/CN=kube-apiserver",
-         f"subjectAltName=IP:127.0.0.1,{''.join(f'IP:{ip},' for ip in extra_ips)}DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+         f"subjectAltName=IP:127.0.0.1,{''.join(f'IP:{ip},' for ip in extra_ips)}"
+         "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
          "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"),
         ("admin", "/O=system:masters/CN=kontinual-test-admin", "extendedKeyUsage=clientAuth\n"),
     ):
@@ -330,10 +332,8 @@ def stop(pid: int, name: str, grace_s: float = 10.0) -> None:
         time.sleep(0.1)
     log(f"{name} (pid {pid}) ignored SIGTERM for {grace_s:.0f} s; killing it")
     os.kill(pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 __all__ = ["BuildFailed", "ControlPlane", "ControlPlaneFailed", "down", "up"]

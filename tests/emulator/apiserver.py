@@ -70,9 +70,9 @@ class _Subscriber:
 
     def offer(self, event: Event) -> None:
         obj = event["object"]
-        if self.namespace is None or obj.get("metadata", {}).get("namespace") == self.namespace:
-            if self.matches(obj):
-                self.queue.put_nowait(event)
+        in_namespace = self.namespace is None or obj.get("metadata", {}).get("namespace") == self.namespace
+        if in_namespace and self.matches(obj):
+            self.queue.put_nowait(event)
 
 
 @attrs.define(kw_only=True)

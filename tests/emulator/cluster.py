@@ -3,7 +3,7 @@
 Why kopf runs in-process (in a thread with its own event loop) and not as `kontinual operator` in
 a subprocess: the tests then see every API request exactly, start in well under a second and
 need no port or process cleanup; the operator still talks to the server only over real HTTP
-through the kubeconfig (kopf's aiohttp client and `kontinual.k8s`'s kubernetes client, whose sync
+through the kubeconfig (kopf's aiohttp client and `kontinual.controller.k8s`'s kubernetes client, whose sync
 calls kopf runs in its executor threads), exactly as in a cluster.
 The benchmark (benchmarks/reconcile.py) runs the real `kontinual operator` process instead, so that
 its peak RSS is the operator's alone.

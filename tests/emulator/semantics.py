@@ -149,7 +149,8 @@ def parse_label_selector(text: str) -> Callable[[Mapping[str, str]], bool]:
             key, value = (s.strip() for s in clause.replace("==", "=").split("=", 1))
             clauses.append(lambda labels, k=key, v=value: labels.get(k) == v)
         elif clause.startswith("!"):
-            clauses.append(lambda labels, k=clause[1:].strip(): k not in labels)
+            absent = clause[1:].strip()
+            clauses.append(lambda labels, k=absent: k not in labels)
         else:
             clauses.append(lambda labels, k=clause: k in labels)
     return lambda labels: all(clause(labels) for clause in clauses)
@@ -175,7 +176,8 @@ def parse_field_selector(text: str) -> Callable[[Mapping[str, Any]], bool]:
     for clause in filter(None, (c.strip() for c in text.split(","))):
         negate = "!=" in clause
         path, value = clause.replace("!=", "=").replace("==", "=").split("=", 1)
-        clauses.append(lambda obj, p=path.strip(), v=value.strip(), n=negate: (_dig(obj, p) == v) != n)
+        path, value = path.strip(), value.strip()
+        clauses.append(lambda obj, p=path, v=value, n=negate: (_dig(obj, p) == v) != n)
     return lambda obj: all(clause(obj) for clause in clauses)
 
 

@@ -55,7 +55,8 @@ async def test_a_watch_resumes_from_the_list_without_losing_or_replaying_events(
 async def test_label_selectors_filter_lists_and_watches(api: Cluster) -> None:
     await api.create(configmap("ours", {"app.kubernetes.io/managed-by": "kontinual", "tier": "a"}))
     await api.create(configmap("theirs", {"tier": "b"}))
-    assert [c["metadata"]["name"] for c in await api.list("configmaps", "ns", "app.kubernetes.io/managed-by=kontinual")] == ["ours"]
+    ours = await api.list("configmaps", "ns", "app.kubernetes.io/managed-by=kontinual")
+    assert [c["metadata"]["name"] for c in ours] == ["ours"]
     assert [c["metadata"]["name"] for c in await api.list("configmaps", "ns", "tier in (a,b),tier!=a")] == ["theirs"]
     events = await watch(api, "/api/v1/configmaps", labelSelector="!app.kubernetes.io/managed-by")
     assert [e["object"]["metadata"]["name"] for e in events] == ["theirs"]

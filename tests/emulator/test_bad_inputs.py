@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from kontinual.access import SECRET_LABEL
-from kontinual.handlers import registry
+from kontinual.controller.access import SECRET_LABEL
+from kontinual.controller.handlers import registry
 from tests.emulator.cluster import Cluster, condition, running_operator, wait_for
 from tests.emulator.test_loop import ROBOFLOW, loop_cluster, model, status_where  # noqa: F401 - fixture
 from tests.support.badhttp import FixedAnswer

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kontinual.access import SECRET_LABEL
-from kontinual.handlers import registry
+from kontinual.controller.access import SECRET_LABEL
+from kontinual.controller.handlers import registry
 from tests.emulator.cluster import Cluster, condition, running_operator, wait_for
 from tests.emulator.test_loop import ROBOFLOW, model, status_where
 from tests.emulator.test_reconcile import MODEL_URI

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kontinual.access import SECRET_LABEL
-from kontinual.handlers import registry
+from kontinual.controller.access import SECRET_LABEL
+from kontinual.controller.handlers import registry
 from tests.emulator.cluster import Cluster, condition, running_operator, wait_for
 from tests.emulator.test_reconcile import MODEL_URI
 from tests.support.roboflow_double import RoboflowDouble
@@ -217,7 +217,8 @@ async def test_manual_run_promotes_and_rolls_the_server(loop_cluster: Cluster) -
     try:
         obj = await status_where(c, ns, "soccer", lambda s: len(s.get("models", [])) == 2, "v2 recorded")
     except AssertionError:
-        print("STATUS", json.dumps((await cr(c, ns, "soccer"))["status"])); raise
+        print("STATUS", json.dumps((await cr(c, ns, "soccer"))["status"]))
+        raise
     newest = obj["status"]["models"][0]
     assert (newest["version"], newest["promoted"], newest["reason"]) == (2, False, "GateRejected")
     assert "mAP50 0.3000 vs 0.3500 of v1 on dataset 4 test, 4 images" in newest["message"]

@@ -1,4 +1,4 @@
-"""The real operator (kopf + kontinual.handlers) reconciling ContinualModels against the emulated API server."""
+"""The real operator (kopf + kontinual.controller.handlers) reconciling ContinualModels against the emulated API server."""
 
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ async def test_deleting_the_model_releases_the_finalizer(cluster: Cluster) -> No
 
 async def test_changes_made_while_the_operator_was_down_are_reconciled_on_resume(
         api: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kontinual.handlers import registry
+    from kontinual.controller.handlers import registry
 
     monkeypatch.setenv("KONTINUAL_SERVER_IMAGE", "kontinual/server:test")
     ns = "t-resume"

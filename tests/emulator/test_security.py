@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kontinual.access import SECRET_LABEL
-from kontinual.handlers import registry
+from kontinual.controller.access import SECRET_LABEL
+from kontinual.controller.handlers import registry
 from tests.emulator.cluster import Cluster, condition, running_operator, wait_for
 from tests.emulator.test_reconcile import continual_model, cr_where
 from tests.support.roboflow_double import RoboflowDouble

@@ -15,8 +15,9 @@ from typing import Any
 
 import requests
 
-from kontinual import builders, spec as specs, yamlio
-from kontinual.settings import Settings
+from kontinual.controller import builders, spec as specs
+from kontinual.common import yamlio
+from kontinual.controller.settings import Settings
 
 CLASS_NAMES = ["ball", "goalkeeper", "player", "referee"]
 READY_TIMEOUT = 120.0

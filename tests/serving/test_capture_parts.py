@@ -12,9 +12,9 @@ import numpy
 import pytest
 from PIL import Image
 
-from kontinual import builders
-from kontinual.logging_config import LOGGER_NAME, SERVER_PLUGIN_FILE, SERVER_VENV, plugin_file, render_logging
-from kontinual.roboflow_api import RoboflowClient, RoboflowError, with_retries
+from kontinual.controller import builders
+from kontinual.controller.capture_config import LOGGER_NAME, SERVER_PLUGIN_FILE, SERVER_VENV, plugin_file, render_logging
+from kontinual.common.roboflow import RoboflowClient, RoboflowError, with_retries
 from kontinual.serving.capture import RateCap
 from kontinual.serving.encode import encode_jpeg, yolo_annotation
 from tests.serving.server import CLASS_NAMES, continual_model, parse
@@ -202,7 +202,7 @@ def test_wings_import_without_each_others_dependencies() -> None:
     blocked = ("import sys\nfor m in {mods}: sys.modules[m] = None\n")
     serving = blocked.format(mods=["kopf", "kubernetes"]) + "import kontinual.serving.deepsparse_plugin"
     operator = blocked.format(mods=["deepsparse", "torch", "numpy", "PIL"]) + \
-        "import kontinual.logging_config, kontinual.roboflow_api"
+        "import kontinual.controller.capture_config, kontinual.common.roboflow"
     for code in (serving, operator):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kontinual.classnames import COCO_NAMES
+from kontinual.common.classnames import COCO_NAMES
 from tests.serving.conftest import jpeg
 from tests.serving.server import DeepSparseServer, free_port
 from tests.support.models import build_yolo_onnx

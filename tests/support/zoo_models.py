@@ -140,7 +140,7 @@ _YOLOV5_TRAIN_SAVE = textwrap.dedent('''
     from copy import deepcopy
     from datetime import datetime
     import torch, yaml
-    import kontinual.training  # noqa: F401 - keeps ultralytics' import-time is_online() from connecting
+    import kontinual.trainer  # noqa: F401 - keeps ultralytics' import-time is_online() from connecting
     import yolov5.models.yolo, yolov5.models.common, yolov5.utils.general
     from yolov5.models.yolo import Model
     # In the YOLOv5 repository the model classes live in `models.yolo` / `models.common`: pickle them so.

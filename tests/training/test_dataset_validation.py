@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kontinual.training.dataset import validate
-from kontinual.training.errors import TrainingError
+from kontinual.trainer.dataset import validate
+from kontinual.trainer.errors import TrainingError
 from tests.support.synthetic import CLASS_NAMES, make_dataset, zip_dataset
 
 

@@ -22,7 +22,7 @@ def _imports(code: str, record: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_plain_ultralytics_import_probes_public_dns_servers(tmp_path: Path) -> None:
-    """Why kontinual.training.offline exists: ultralytics 8.0.124 connects to three public resolvers at import."""
+    """Why kontinual.trainer.offline exists: ultralytics 8.0.124 connects to three public resolvers at import."""
     record = tmp_path / "refused.jsonl"
     done = _imports("import yolov5", record)
     assert done.returncode == 0, done.stderr
@@ -34,14 +34,14 @@ def test_plain_ultralytics_import_probes_public_dns_servers(tmp_path: Path) -> N
 def test_the_product_imports_without_any_outside_attempt(tmp_path: Path) -> None:
     record = tmp_path / "refused.jsonl"
     done = _imports("""
-        import kontinual.training
+        import kontinual.trainer
         import yolov5, yolov5.train, yolov5.val
-        from kontinual.training import cli, evaluate, export, loop, model, pipeline
+        from kontinual.trainer import cli, evaluate, export, loop, model, pipeline
         import ultralytics.yolo.utils as u, ultralytics.yolo.utils.checks as checks
         import yolov5.utils.general as general
         assert u.ONLINE is False and not u.is_online() and not checks.is_online() and not general.check_online()
         import kontinual.serving.roboflow_logger
-        import kontinual.handlers
+        import kontinual.controller.handlers
         import roboflow, sparsezoo, deepsparse, sparseml.pytorch
         print("imported")
         """, record)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from kontinual.access import SECRET_LABEL, check_secrets, secret_references
-from kontinual.settings import Settings
-from kontinual.spec import SpecError, parse
+from kontinual.controller.access import SECRET_LABEL, check_secrets, secret_references
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import SpecError, parse
 
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
 ROBOFLOW = {"workspace": "acme", "project": "soccer", "apiKeySecretRef": {"name": "roboflow", "key": "apiKey"}}

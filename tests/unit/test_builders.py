@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from kontinual import builders
-from kontinual.builders import ModelTarget
-from kontinual.settings import Settings
-from kontinual.spec import Spec, parse
+from kontinual.common import names
+from kontinual.controller import builders
+from kontinual.controller.builders import ModelTarget
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import Spec, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
@@ -205,7 +206,7 @@ def test_trained_target_serves_from_the_model_claim_and_is_verified() -> None:
     assert server_yaml(spec, target)["endpoints"][0]["model"] == "/models/v3/model.onnx"
     (volume,) = [v for v in pod(deploy)["volumes"] if "persistentVolumeClaim" in v]
     assert volume["persistentVolumeClaim"]["claimName"] == "soccer-models"
-    assert annotations(deploy)[builders.ANNOTATION_MODEL_VERSION] == "3"
+    assert annotations(deploy)[names.ANNOTATION_MODEL_VERSION] == "3"
     inits = pod(deploy).get("initContainers", [])
     assert any("ab" * 32 in c["command"] + c.get("args", []) for c in inits)
 
@@ -315,7 +316,7 @@ def test_config_hash_is_stable_when_nothing_changes() -> None:
     first = builders.deployment(logging_spec(), SETTINGS)
     second = builders.deployment(logging_spec(), SETTINGS)
     assert first == second
-    assert len(annotations(first)[builders.ANNOTATION_CONFIG_HASH]) >= 8
+    assert len(annotations(first)[names.ANNOTATION_CONFIG_HASH]) >= 8
 
 
 @pytest.mark.parametrize("change", [
@@ -328,13 +329,13 @@ def test_config_hash_is_stable_when_nothing_changes() -> None:
 def test_config_hash_changes_when_the_config_changes(change: dict[str, Any]) -> None:
     before = builders.deployment(logging_spec(), SETTINGS)
     after = builders.deployment(logging_spec(**change), SETTINGS)
-    assert annotations(after)[builders.ANNOTATION_CONFIG_HASH] != annotations(before)[builders.ANNOTATION_CONFIG_HASH]
+    assert annotations(after)[names.ANNOTATION_CONFIG_HASH] != annotations(before)[names.ANNOTATION_CONFIG_HASH]
 
 
 def test_config_hash_ignores_changes_outside_the_config() -> None:
     before = builders.deployment(make_spec(), SETTINGS)
     after = builders.deployment(make_spec({"serving": {"replicas": 4, "image": "other:1"}}), SETTINGS)
-    assert annotations(after)[builders.ANNOTATION_CONFIG_HASH] == annotations(before)[builders.ANNOTATION_CONFIG_HASH]
+    assert annotations(after)[names.ANNOTATION_CONFIG_HASH] == annotations(before)[names.ANNOTATION_CONFIG_HASH]
 
 
 def test_model_version_annotation_follows_the_target() -> None:
@@ -342,8 +343,8 @@ def test_model_version_annotation_follows_the_target() -> None:
     seed = builders.deployment(spec, SETTINGS)
     v2 = builders.deployment(spec, SETTINGS, ModelTarget.trained(spec, 2))
     v3 = builders.deployment(spec, SETTINGS, ModelTarget.trained(spec, 3))
-    assert [annotations(d)[builders.ANNOTATION_MODEL_VERSION] for d in (seed, v2, v3)] == ["0", "2", "3"]
-    hashes = {annotations(d)[builders.ANNOTATION_CONFIG_HASH] for d in (seed, v2, v3)}
+    assert [annotations(d)[names.ANNOTATION_MODEL_VERSION] for d in (seed, v2, v3)] == ["0", "2", "3"]
+    hashes = {annotations(d)[names.ANNOTATION_CONFIG_HASH] for d in (seed, v2, v3)}
     assert len(hashes) == 3  # the model path is in server.yaml, so each version rolls the pods
 
 
@@ -353,7 +354,7 @@ def test_deployment_config_hash_matches_its_config_map() -> None:
     children = builders.serving_children(spec, SETTINGS, target)
     (cm,) = [c for c in children if c["kind"] == "ConfigMap"]
     (deploy,) = [c for c in children if c["kind"] == "Deployment"]
-    assert annotations(deploy)[builders.ANNOTATION_CONFIG_HASH] == builders.config_hash(cm)
+    assert annotations(deploy)[names.ANNOTATION_CONFIG_HASH] == builders.config_hash(cm)
     assert "/models/v5/model.onnx" in cm["data"]["server.yaml"]
 
 

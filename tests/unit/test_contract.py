@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kontinual.contract import FAILED, MAX_RESULT_BYTES, SUCCEEDED, ResultError, TrainingResult
+from kontinual.common.contract import FAILED, MAX_RESULT_BYTES, SUCCEEDED, ResultError, TrainingResult
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 SUCCESS = TrainingResult(status=SUCCEEDED, version=3, onnx="v3/model.onnx", sha256=SHA,

@@ -10,12 +10,15 @@ import jsonschema
 import pytest
 import yaml
 
+from kontinual.common import contract
+from kontinual.controller import decisions, status
+from kontinual.controller import spec as specs
 from tests.support.crd import (
     EXAMPLES, CRValidationError, apply_defaults, default_in_place, errors, load_crd, load_examples, schema,
     to_json_schema, validate,
 )
 
-# The spec field names are a contract with operator/kontinual/spec.py, the docs and users.
+# The spec field names are a contract with operator/kontinual/controller/spec.py, the docs and users.
 SPEC_FIELDS = """
 task classNames model model.uri
 serving serving.replicas serving.image serving.port serving.batchSize serving.numCores
@@ -384,26 +387,22 @@ AGREEMENT = {
 @pytest.mark.parametrize("name", sorted(AGREEMENT))
 def test_parser_reads_the_same_spec_with_or_without_the_api_servers_defaults(name: str) -> None:
     """`kontinual render` parses files that never met an API server: its defaults must match the CRD's."""
-    spec = pytest.importorskip("kontinual.spec")
     cr = copy.deepcopy(AGREEMENT[name])
-    assert spec.parse(cr) == spec.parse(apply_defaults(cr))
+    assert specs.parse(cr) == specs.parse(apply_defaults(cr))
 
 
 def test_status_the_operator_writes_passes_the_status_schema() -> None:
     """The API server validates status patches against the known fields: the writers' shapes must fit."""
-    status_mod = pytest.importorskip("kontinual.status")
-    loop = pytest.importorskip("kontinual.loop")
-    contract = pytest.importorskip("kontinual.contract")
     now = "2026-11-27T22:00:00Z"
-    conditions = status_mod.merge_conditions(
-        [status_mod.Condition("Reconciled", True, "ChildrenApplied", "ok"),
-         status_mod.Condition("Available", True, "RolledOut", "1 of 1 pods ready"),
-         status_mod.Condition("Training", False, "Idle", ""),
-         status_mod.Condition("Degraded", False, "ModelPromoted", "v2 promoted")], None, 4, now)
+    conditions = status.merge_conditions(
+        [status.Condition("Reconciled", True, "ChildrenApplied", "ok"),
+         status.Condition("Available", True, "RolledOut", "1 of 1 pods ready"),
+         status.Condition("Training", False, "Idle", ""),
+         status.Condition("Degraded", False, "ModelPromoted", "v2 promoted")], None, 4, now)
     result = contract.TrainingResult(status="Succeeded", version=2, onnx="v2/model.onnx", sha256="ab" * 32,
                                      metrics={"mAP50": 0.61, "mAP50_95": 0.33}, sparsity=0.9,
                                      datasetVersion="7", images={"train": 520, "valid": 98, "test": 45})
-    model = loop.model_record(result, "soccer-train-2", now, loop.Verdict(True, "GatePassed", "0.61 >= 0.5"))
+    model = decisions.model_record(result, "soccer-train-2", now, decisions.Verdict(True, "GatePassed", "0.61 >= 0.5"))
     cr = example("soccer.yaml:soccer")
     cr["status"] = {
         "observedGeneration": 4,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kontinual import builders, jobs
-from kontinual.builders import ModelTarget
-from kontinual.settings import Settings
-from kontinual.spec import Spec, SpecError, parse
+from kontinual.controller import builders, jobs
+from kontinual.controller.builders import ModelTarget
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import Spec, SpecError, parse
 
 SETTINGS = Settings(server_image="registry.example/server:1", trainer_image="registry.example/trainer:1")
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"

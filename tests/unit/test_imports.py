@@ -1,11 +1,14 @@
-"""Three wings (style rule 13): serving and training import without kopf; the operator without torch or deepsparse."""
+"""What a real import pulls in (style rule 13): the wings without kopf, the controller without torch or deepsparse.
+
+The static layers (every module, lazy imports included) are import-linter's contracts in pyproject.toml,
+run by `make check`; this tier checks what only a real import shows, such as a package's own imports.
+"""
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "kontinual"
 CLUSTER_SIDE = ("kopf", "kubernetes")
 HEAVY = ("torch", "torchvision", "deepsparse", "sparseml", "sparsezoo", "yolov5", "ultralytics", "onnx",
-         "onnxruntime", "roboflow")  # `roboflow` is the SDK; kontinual.roboflow_api is ours and light
-OPERATOR_MODULES = ["kontinual.handlers", "kontinual.reconcile", "kontinual.k8s", "kontinual.render", "kontinual.cli",
-                    "kontinual.builders", "kontinual.spec", "kontinual.status", "kontinual.jobs", "kontinual.loop",
-                    "kontinual.training_loop"]
-# Operator-core modules a wing must never reach (directly or through a shared module).
-OPERATOR_CORE = {"kontinual.handlers", "kontinual.reconcile", "kontinual.k8s", "kontinual.training_loop",
-                 "kontinual.logs", "kontinual.render", "kontinual.cli"}
+         "onnxruntime", "openvino", "kserve", "roboflow")  # `roboflow` is the SDK; kontinual.common.roboflow is ours
+
+
+def modules_of(package: str) -> list[str]:
+    """Every module of a subpackage of kontinual, found on disk (a new module is checked without listing it)."""
+    path = PACKAGE / package.removeprefix("kontinual.").replace(".", "/")
+    return [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(path)])]
 
 
 def loaded_after_import(*modules: str) -> set[str]:
-    """Top-level names in sys.modules after importing `modules` in a fresh interpreter."""
+    """Top-level names in sys.modules, plus every kontinual module, after importing `modules` in a fresh interpreter."""
     code = (
         "import importlib, json, sys\n"
         f"for m in {list(modules)!r}: importlib.import_module(m)\n"
@@ -41,96 +44,22 @@ def loaded_after_import(*modules: str) -> set[str]:
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def existing(*modules: str) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is not None]
-
-
-# --- runtime: what a real import pulls in ------------------------------------------------------
-
-
-@pytest.mark.parametrize("wing", ["kontinual.serving", "kontinual.training"])
+@pytest.mark.parametrize("wing", ["kontinual.serving", "kontinual.trainer"])
 def test_wing_package_imports_without_kopf_or_a_cluster_client(wing: str) -> None:
-    if importlib.util.find_spec(wing) is None:
-        pytest.skip(f"{wing} does not exist yet")
-    loaded = loaded_after_import(wing, "kontinual.contract", "kontinual.roboflow_api")
+    loaded = loaded_after_import(wing, *modules_of("kontinual.common"))
     assert not set(CLUSTER_SIDE) & loaded, f"{wing} pulls in {sorted(set(CLUSTER_SIDE) & loaded)}"
 
 
 def test_operator_imports_without_torch_deepsparse_or_the_wings() -> None:
-    modules = existing(*OPERATOR_MODULES)
-    assert "kontinual.handlers" in modules and "kontinual.reconcile" in modules
+    modules = ["kontinual.cli", *modules_of("kontinual.controller"), *modules_of("kontinual.common")]
+    assert "kontinual.controller.handlers" in modules and "kontinual.controller.reconcile" in modules
     loaded = loaded_after_import(*modules)
     assert "kopf" in loaded  # the probe works: the operator does load kopf
     assert not set(HEAVY) & loaded, f"the operator pulls in {sorted(set(HEAVY) & loaded)}"
-    wings = sorted(n for n in loaded if n.startswith(("kontinual.serving", "kontinual.training.")))
-    assert not wings, f"the operator imports the wings' insides: {wings}"
+    wings = sorted(n for n in loaded if n.startswith(("kontinual.serving", "kontinual.trainer")))
+    assert not wings, f"the operator imports the wings: {wings}"
 
 
 def test_render_needs_neither_kopf_nor_heavy_packages() -> None:
-    loaded = loaded_after_import("kontinual.render", "kontinual.builders", "kontinual.spec")
+    loaded = loaded_after_import("kontinual.controller.render", "kontinual.controller.builders", "kontinual.controller.spec")
     assert not (set(HEAVY) | {"kopf"}) & loaded
-
-
-# --- static: every module of each wing, lazy imports included -----------------------------------
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports_of(path: Path) -> set[str]:
-    """Every module a file imports, at any level (function-level imports too)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
-    return found
-
-
-GRAPH = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
-
-
-def closure(start: str) -> set[str]:
-    """All modules reachable from `start` through kontinual modules."""
-    seen, todo = set(), [start]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        todo += [m for m in GRAPH.get(current, ()) if m in GRAPH]
-    reached = set(seen)
-    for module in seen:
-        reached |= GRAPH.get(module, set())
-    return reached
-
-
-WING_MODULES = sorted(m for m in GRAPH if m.startswith(("kontinual.serving", "kontinual.training")) and
-                      m != "kontinual.training_loop")
-
-
-def test_the_static_scan_sees_the_wings() -> None:
-    assert "kontinual.training" in WING_MODULES
-    assert "kopf" in closure("kontinual.handlers")  # the scan finds what is there
-
-
-@pytest.mark.parametrize("module", WING_MODULES)
-def test_wing_module_never_reaches_kopf_or_the_operator_core(module: str) -> None:
-    reached = closure(module)
-    roots = {m.split(".")[0] for m in reached}
-    assert not set(CLUSTER_SIDE) & roots, f"{module} reaches {sorted(set(CLUSTER_SIDE) & roots)}"
-    assert not OPERATOR_CORE & reached, f"{module} reaches {sorted(OPERATOR_CORE & reached)}"
-    other = "kontinual.training" if module.startswith("kontinual.serving") else "kontinual.serving"
-    crossing = sorted(m for m in reached if m == other or m.startswith(other + "."))
-    assert not crossing, f"{module} imports the other wing's insides: {crossing}"

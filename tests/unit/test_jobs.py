@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kontinual import jobs
-from kontinual.builders import ModelTarget, model_path
-from kontinual.settings import Settings
-from kontinual.spec import Spec, parse
+from kontinual.controller import jobs
+from kontinual.controller.builders import ModelTarget, model_path
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import Spec, parse
 
 SETTINGS = Settings(trainer_image="registry.example/kontinual/trainer:1.2.3", roboflow_api_urls=("https://rf.example",))
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
@@ -48,7 +48,7 @@ def mounts(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def trainer_args(manifest: dict[str, Any]) -> Any:
     """The Job's command line as the trainer itself parses it (raises if it would refuse it)."""
-    from kontinual.training import cli  # light: argparse, no torch
+    from kontinual.trainer import cli  # light: argparse, no torch
 
     container = trainer(manifest)
     assert container["command"] == ["kontinual", "train"]
@@ -113,7 +113,7 @@ def test_a_set_recipe_wins_over_the_seeds_transfer_recipe() -> None:
 @pytest.mark.parametrize("seed", ["https://models.example.com/yolov5s.onnx", "pvc://seeds/yolov5s/model.onnx",
                                   "file:///opt/models/model.onnx"])
 def test_a_seed_that_is_not_a_stub_needs_base_weights(seed: str) -> None:
-    from kontinual.spec import SpecError
+    from kontinual.controller.spec import SpecError
 
     with pytest.raises(SpecError) as caught:
         make_spec({}, model={"uri": seed})
@@ -123,13 +123,13 @@ def test_a_seed_that_is_not_a_stub_needs_base_weights(seed: str) -> None:
     spec = make_spec({"baseWeights": "pvc://seeds/yolov5s/yolov5s.pt"}, model={"uri": seed})
     args = trainer_args(job(spec))
     assert args.base_weights == "/inputs/weights-claim/yolov5s/yolov5s.pt"
-    from kontinual.training.recipes import DEFAULT_RECIPE
+    from kontinual.trainer.recipes import DEFAULT_RECIPE
 
     assert args.recipe == DEFAULT_RECIPE  # no stub to take a transfer recipe from: the built-in one
 
 
 def test_sparsezoo_mirror_reaches_trainer_and_server() -> None:
-    from kontinual.builders import deployment
+    from kontinual.controller.builders import deployment
 
     mirror = Settings(trainer_image="t", sparsezoo_api_url="http://sparsezoo.mirror.internal:8080")
     spec = make_spec()
@@ -166,7 +166,7 @@ def test_recipe_from_a_config_map_is_mounted_and_passed() -> None:
 
 
 def test_no_recipe_and_no_stub_means_the_trainers_built_in_one() -> None:
-    from kontinual.training.recipes import DEFAULT_RECIPE
+    from kontinual.trainer.recipes import DEFAULT_RECIPE
 
     spec = make_spec({"baseWeights": "https://models.example.com/yolov5s.pt"},
                      model={"uri": "https://models.example.com/yolov5s.onnx"})
@@ -177,7 +177,7 @@ def test_no_recipe_and_no_stub_means_the_trainers_built_in_one() -> None:
                                  "pvc://soccer-models/recipes/recipe.yaml"])
 def test_every_recipe_uri_form_reaches_the_trainer_as_a_file(uri: str) -> None:
     """The CRD accepts recipe.uri as https://, file://, pvc://; the trainer reads a local file or a built-in name."""
-    from kontinual.training.recipes import builtin_recipes
+    from kontinual.trainer.recipes import builtin_recipes
 
     manifest = job(make_spec({"recipe": {"uri": uri}}))
     recipe = trainer_args(manifest).recipe
@@ -187,7 +187,7 @@ def test_every_recipe_uri_form_reaches_the_trainer_as_a_file(uri: str) -> None:
 
 
 def test_roboflow_key_and_api_url_reach_the_trainer() -> None:
-    from kontinual.training.errors import API_KEY_ENV
+    from kontinual.trainer.errors import API_KEY_ENV
 
     env = {e["name"]: e for e in trainer(job(make_spec()))["env"]}
     assert env[API_KEY_ENV] == {"name": API_KEY_ENV,

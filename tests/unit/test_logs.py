@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kontinual.access import SECRET_LABEL
+from kontinual.controller.access import SECRET_LABEL
 from tests.support.roboflow_double import RoboflowDouble
 
 PASSWORD = "s3cret-roboflow-key-in-a-secret"
@@ -24,11 +24,11 @@ SECRET = {"apiVersion": "v1", "kind": "Secret",
 # What the operator's process does with the Secret when it polls: settings, logging, client, read, poll.
 SCRIPT = """
 import logging, sys
-from kontinual import k8s
-from kontinual.access import SECRET_LABEL
-from kontinual.logs import setup_logging
-from kontinual.roboflow_api import RoboflowClient
-from kontinual.settings import Settings
+from kontinual.controller import k8s
+from kontinual.controller.access import SECRET_LABEL
+from kontinual.controller.operator_logging import setup_logging
+from kontinual.common.roboflow import RoboflowClient
+from kontinual.controller.settings import Settings
 settings = Settings.from_env()
 setup_logging(settings.log_level, settings.log_format)
 logging.getLogger("kontinual").debug("debug logging is on")

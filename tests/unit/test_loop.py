@@ -6,9 +6,9 @@ import datetime
 
 import pytest
 
-from kontinual import loop
-from kontinual.contract import TrainingResult
-from kontinual.spec import parse
+from kontinual.controller import decisions
+from kontinual.common.contract import TrainingResult
+from kontinual.controller.spec import parse
 
 UTC = datetime.timezone.utc
 SHA = "a" * 64
@@ -39,14 +39,14 @@ class TestSchedule:
 
     def test_first_sight_sets_next_run_without_running(self):
         now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-        t = loop.evaluate_triggers(self.spec, {}, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, {}, now=now, train_request=None, labeled=None)
         assert t.reasons == ()
         assert t.fields["nextScheduledRun"] == "2026-11-28T03:00:00Z"
 
     def test_due_fires_once_and_moves_on(self):
         now = datetime.datetime(2026, 11, 28, 3, 0, 30, tzinfo=UTC)
         state = {"schedule": "0 3 * * *", "nextScheduledRun": "2026-11-28T03:00:00Z"}
-        t = loop.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
         assert len(t.reasons) == 1 and "schedule" in t.reasons[0]
         assert t.fields["nextScheduledRun"] == "2026-11-29T03:00:00Z"
 
@@ -54,16 +54,16 @@ class TestSchedule:
         # The operator was down for three days: one run on resume, the next one tomorrow.
         now = datetime.datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
         state = {"schedule": "0 3 * * *", "nextScheduledRun": "2026-11-28T03:00:00Z"}
-        t = loop.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
         assert len(t.reasons) == 1
         assert t.fields["nextScheduledRun"] == "2026-12-02T03:00:00Z"
-        again = loop.evaluate_triggers(self.spec, {**state, **t.fields}, now=now, train_request=None, labeled=None)
+        again = decisions.evaluate_triggers(self.spec, {**state, **t.fields}, now=now, train_request=None, labeled=None)
         assert again.reasons == ()
 
     def test_changed_schedule_recomputes(self):
         now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
         state = {"schedule": "0 4 * * *", "nextScheduledRun": "2026-11-27T04:00:00Z"}
-        t = loop.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
         assert t.reasons == () and t.fields["nextScheduledRun"] == "2026-11-28T03:00:00Z"
 
 
@@ -72,19 +72,19 @@ class TestLabeledImages:
     now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
     def test_first_poll_sets_baseline(self):
-        t = loop.evaluate_triggers(self.spec, {}, now=self.now, train_request=None, labeled=400)
+        t = decisions.evaluate_triggers(self.spec, {}, now=self.now, train_request=None, labeled=400)
         assert t.reasons == ()
         assert t.fields["labeledImagesAtLastRun"] == 400 and t.fields["lastLabeledImages"] == 400
 
     @pytest.mark.parametrize("count,fires", [(449, False), (450, True), (900, True)])
     def test_threshold(self, count, fires):
-        t = loop.evaluate_triggers(self.spec, {"labeledImagesAtLastRun": 400}, now=self.now,
+        t = decisions.evaluate_triggers(self.spec, {"labeledImagesAtLastRun": 400}, now=self.now,
                                    train_request=None, labeled=count)
         assert bool(t.reasons) is fires
         assert t.fields["lastLabeledImages"] == count
 
     def test_no_poll_no_decision(self):
-        t = loop.evaluate_triggers(self.spec, {"labeledImagesAtLastRun": 0}, now=self.now,
+        t = decisions.evaluate_triggers(self.spec, {"labeledImagesAtLastRun": 0}, now=self.now,
                                    train_request=None, labeled=None)
         assert t.reasons == () and "lastLabeledImages" not in t.fields
 
@@ -94,19 +94,19 @@ class TestManual:
     now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
     def test_new_value_fires_once(self):
-        t = loop.evaluate_triggers(self.spec, {}, now=self.now, train_request="2026-11-27", labeled=None)
+        t = decisions.evaluate_triggers(self.spec, {}, now=self.now, train_request="2026-11-27", labeled=None)
         assert len(t.reasons) == 1 and t.fields["lastTrainRequest"] == "2026-11-27"
-        again = loop.evaluate_triggers(self.spec, t.fields, now=self.now, train_request="2026-11-27", labeled=None)
+        again = decisions.evaluate_triggers(self.spec, t.fields, now=self.now, train_request="2026-11-27", labeled=None)
         assert again.reasons == ()
 
     def test_no_annotation_no_run(self):
-        assert loop.evaluate_triggers(self.spec, {}, now=self.now, train_request=None, labeled=None).reasons == ()
+        assert decisions.evaluate_triggers(self.spec, {}, now=self.now, train_request=None, labeled=None).reasons == ()
 
 
 def test_next_version_counts_failed_runs_and_existing_jobs():
-    assert loop.next_version([], {}, []) == 1
-    assert loop.next_version([{"version": 2}], {"lastRun": {"version": 3}}, []) == 4
-    assert loop.next_version([{"version": 2}], {}, [5]) == 6
+    assert decisions.next_version([], {}, []) == 1
+    assert decisions.next_version([{"version": 2}], {"lastRun": {"version": 3}}, []) == 4
+    assert decisions.next_version([{"version": 2}], {}, [5]) == 6
 
 
 def exam(version: int, map50: float | None, baseline: dict | None = None, *, split_images: int = 45,
@@ -134,67 +134,67 @@ class TestGate:
         (0.55, 0.5, 0.1, False), (0.61, 0.5, 0.1, True), (0.45, 0.5, -0.1, True)])
     def test_better_or_worse_on_the_same_split(self, candidate, baseline, delta, promoted):
         spec = spec_with(rollout={"gate": {"metric": "mAP50", "minDelta": delta}})
-        v = loop.judge(spec, exam(2, candidate, evaluated(1, baseline)), 2, serving_version=1)
+        v = decisions.judge(spec, exam(2, candidate, evaluated(1, baseline)), 2, serving_version=1)
         assert (v.promoted, v.reason) == (promoted, "GatePassed" if promoted else "GateRejected")
         assert f"mAP50 {candidate:.4f} vs {baseline:.4f} of v1 on dataset 7 test, 45 images" in v.message
 
     def test_baseline_numbers_not_the_old_record_decide(self):
         # v1 scored 0.8 on its own (easier) split long ago; on today's harder split it scores 0.3.
         # The candidate's 0.4 is worse than 0.8 but better than v1 on the same exam: promoted.
-        v = loop.judge(spec_with(), exam(2, 0.4, evaluated(1, 0.3)), 2, serving_version=1)
+        v = decisions.judge(spec_with(), exam(2, 0.4, evaluated(1, 0.3)), 2, serving_version=1)
         assert v.promoted and "0.4000 vs 0.3000 of v1" in v.message
         # And an easier split cannot smuggle a worse model in: 0.9 vs v1's 0.95 on it.
-        assert not loop.judge(spec_with(), exam(2, 0.9, evaluated(1, 0.95)), 2, serving_version=1).promoted
+        assert not decisions.judge(spec_with(), exam(2, 0.9, evaluated(1, 0.95)), 2, serving_version=1).promoted
 
     def test_below_the_floor_is_never_promoted_even_if_better(self):
         spec = spec_with(rollout={"gate": {"minValue": 0.3}})
-        v = loop.judge(spec, exam(2, 0.25, evaluated(1, 0.1)), 2, serving_version=1)
+        v = decisions.judge(spec, exam(2, 0.25, evaluated(1, 0.1)), 2, serving_version=1)
         assert (v.promoted, v.reason) == (False, "BelowFloor") and "minValue 0.3" in v.message
 
     def test_default_floor_is_documented(self):
         assert spec_with().rollout.gate.min_value == 0.1
-        assert not loop.judge(spec_with(), exam(1, 0.05, COCO_SEED), 1, serving_version=0).promoted
+        assert not decisions.judge(spec_with(), exam(1, 0.05, COCO_SEED), 1, serving_version=0).promoted
 
     @pytest.mark.parametrize("candidate,promoted", [(0.09, False), (0.1, True), (0.5, True)])
     def test_seed_of_other_classes_leaves_the_floor_as_the_gate(self, candidate, promoted):
-        v = loop.judge(spec_with(), exam(1, candidate, COCO_SEED), 1, serving_version=0)
+        v = decisions.judge(spec_with(), exam(1, candidate, COCO_SEED), 1, serving_version=0)
         assert (v.promoted, v.reason) == (promoted, "FloorPassed" if promoted else "BelowFloor")
         if promoted:
             assert "the floor is the gate" in v.message and "80 classes" in v.message
 
     def test_seed_without_any_baseline_is_judged_by_the_floor_only(self):
-        assert not loop.judge(spec_with(), exam(1, 0.05), 1, serving_version=0).promoted
-        v = loop.judge(spec_with(), exam(1, 0.3), 1, serving_version=0)
+        assert not decisions.judge(spec_with(), exam(1, 0.05), 1, serving_version=0).promoted
+        v = decisions.judge(spec_with(), exam(1, 0.3), 1, serving_version=0)
         assert v.promoted and v.reason == "FloorPassed" and "no baseline" in v.message
 
     def test_seed_of_the_same_classes_is_a_real_champion(self):
-        v = loop.judge(spec_with(), exam(1, 0.3, evaluated(0, 0.6)), 1, serving_version=0)
+        v = decisions.judge(spec_with(), exam(1, 0.3, evaluated(0, 0.6)), 1, serving_version=0)
         assert (v.promoted, v.reason) == (False, "GateRejected") and "of the seed model (v0)" in v.message
 
     @pytest.mark.parametrize("baseline", [None, {"version": 1, "reason": "ModelMissing", "error": "no file"}])
     def test_trained_champion_that_was_not_evaluated_blocks_promotion(self, baseline):
-        v = loop.judge(spec_with(), exam(2, 0.9, baseline), 2, serving_version=1)
+        v = decisions.judge(spec_with(), exam(2, 0.9, baseline), 2, serving_version=1)
         assert (v.promoted, v.reason) == (False, "BaselineUnavailable")
 
     def test_trained_champion_of_other_classes_leaves_the_floor(self):
         other = {"version": 1, "reason": "ClassesDiffer", "error": "v1 predicts ['ball'], the dataset has 2"}
-        assert loop.judge(spec_with(), exam(2, 0.5, other), 2, serving_version=1).reason == "FloorPassed"
+        assert decisions.judge(spec_with(), exam(2, 0.5, other), 2, serving_version=1).reason == "FloorPassed"
 
     def test_pinned_version_is_the_champion(self):
         spec = spec_with(rollout={"pinnedVersion": 1})
         models = [{"version": 1, "promoted": True}, {"version": 2, "promoted": True}]
-        serving = loop.serving_version(spec, models)
+        serving = decisions.serving_version(spec, models)
         assert serving == 1
-        assert loop.judge(spec, exam(3, 0.5, evaluated(1, 0.4)), 3, serving).promoted
-        assert not loop.judge(spec, exam(3, 0.5, evaluated(1, 0.6)), 3, serving).promoted
+        assert decisions.judge(spec, exam(3, 0.5, evaluated(1, 0.4)), 3, serving).promoted
+        assert not decisions.judge(spec, exam(3, 0.5, evaluated(1, 0.6)), 3, serving).promoted
 
     def test_baseline_of_a_model_that_no_longer_serves_is_not_trusted(self):
-        v = loop.judge(spec_with(), exam(3, 0.9, evaluated(1, 0.1)), 3, serving_version=2)
+        v = decisions.judge(spec_with(), exam(3, 0.9, evaluated(1, 0.1)), 3, serving_version=2)
         assert (v.promoted, v.reason) == (False, "BaselineChanged")
 
     def test_gate_metric_map50_95(self):
         spec = spec_with(rollout={"gate": {"metric": "mAP50_95", "minValue": 0.05}})
-        v = loop.judge(spec, exam(2, 0.4, evaluated(1, 0.6)), 2, serving_version=1)  # 0.2 vs 0.3
+        v = decisions.judge(spec, exam(2, 0.4, evaluated(1, 0.6)), 2, serving_version=1)  # 0.2 vs 0.3
         assert not v.promoted and "mAP50_95 0.2000 vs 0.3000" in v.message
 
     @pytest.mark.parametrize("bad,reason", [
@@ -205,14 +205,14 @@ class TestGate:
         (result(2, map50=None), "MetricMissing"),
     ])
     def test_malformed_results_never_promoted(self, bad, reason):
-        v = loop.judge(spec_with(), bad, 2, 0)
+        v = decisions.judge(spec_with(), bad, 2, 0)
         assert not v.promoted and v.reason == reason
 
     def test_record_carries_both_numbers_and_the_class_names(self):
         r = exam(2, 0.41, evaluated(1, 0.39))
         r = TrainingResult(**{**r.__dict__, "classNames": ["ball", "player"], "datasetGenerated": True})
-        verdict = loop.judge(spec_with(), r, 2, 1)
-        record = loop.model_record(r, "soccer-train-2", "2026-12-02T08:00:00Z", verdict, 2)
+        verdict = decisions.judge(spec_with(), r, 2, 1)
+        record = decisions.model_record(r, "soccer-train-2", "2026-12-02T08:00:00Z", verdict, 2)
         assert record["baseline"] == evaluated(1, 0.39) and record["classNames"] == ["ball", "player"]
         assert record["evaluatedOn"] == {"split": "test", "images": 45, "datasetVersion": "7"}
         assert record["datasetGenerated"] is True and record["promoted"]
@@ -222,23 +222,23 @@ class TestHistory:
     models = [{"version": v, "promoted": v % 2 == 1} for v in range(1, 8)]
 
     def test_serving_is_newest_promoted(self):
-        assert loop.serving_model(spec_with(), self.models)["version"] == 7
+        assert decisions.serving_model(spec_with(), self.models)["version"] == 7
 
     def test_rolled_back_is_skipped(self):
-        models = loop.mark_rolled_back(self.models, 7, "not ready")
-        assert loop.serving_model(spec_with(), models)["version"] == 5
+        models = decisions.mark_rolled_back(self.models, 7, "not ready")
+        assert decisions.serving_model(spec_with(), models)["version"] == 5
         assert models[-1]["rolledBack"] and not models[-1]["promoted"] and models[-1]["reason"] == "RolloutFailed"
 
     def test_pinned_wins_even_if_not_promoted(self):
-        assert loop.serving_model(spec_with(rollout={"pinnedVersion": 2}), self.models)["version"] == 2
+        assert decisions.serving_model(spec_with(rollout={"pinnedVersion": 2}), self.models)["version"] == 2
 
     def test_pin_to_unknown_version_falls_back(self):
-        assert loop.serving_model(spec_with(rollout={"pinnedVersion": 99}), self.models)["version"] == 7
+        assert decisions.serving_model(spec_with(rollout={"pinnedVersion": 99}), self.models)["version"] == 7
 
     def test_no_promoted_means_seed(self):
-        assert loop.serving_model(spec_with(), [{"version": 1, "promoted": False}]) is None
+        assert decisions.serving_model(spec_with(), [{"version": 1, "promoted": False}]) is None
 
     def test_prune_keeps_newest_and_serving(self):
-        kept = loop.prune_history(self.models, 3, keep=1)
+        kept = decisions.prune_history(self.models, 3, keep=1)
         assert [m["version"] for m in kept] == [7, 6, 1]
-        assert [m["version"] for m in loop.prune_history(self.models, 3, keep=7)] == [7, 6, 5]
+        assert [m["version"] for m in decisions.prune_history(self.models, 3, keep=7)] == [7, 6, 5]

@@ -10,10 +10,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kontinual import builders, jobs
-from kontinual.builders import ModelTarget
-from kontinual.settings import Settings
-from kontinual.spec import Spec, parse
+from kontinual.controller import builders, jobs
+from kontinual.controller.builders import ModelTarget
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import Spec, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FAKE_KEY = "rf-FAKE-key-3f9a1c77d2e04b51"  # recognizable; must never reach a manifest

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from kontinual import deadline_http, k8s, loop, polling
-from kontinual.handlers import stuck
-from kontinual.polling import Poller, PollRequest
-from kontinual.settings import Settings
+from kontinual.common import deadline_http
+from kontinual.controller import decisions, k8s, polling
+from kontinual.controller.handlers import stuck
+from kontinual.controller.polling import Poller, PollRequest
+from kontinual.controller.settings import Settings
 from tests.support.badhttp import Dripping, FixedAnswer
 
 UTC = datetime.timezone.utc
@@ -26,22 +27,22 @@ def request(uid: str, url: str) -> PollRequest:
 
 class TestDecisions:
     def test_a_first_poll_is_due_at_once(self) -> None:
-        assert loop.poll_due({}, T0)
+        assert decisions.poll_due({}, T0)
 
     def test_a_successful_poll_sets_the_next_one_an_interval_later(self) -> None:
-        fields = loop.polled_fields({"pollFailures": 3, "pollError": "x"}, labeled=5, error=None, finished=T0,
+        fields = decisions.polled_fields({"pollFailures": 3, "pollError": "x"}, labeled=5, error=None, finished=T0,
                                     poll_seconds=300)
         assert fields == {"lastPolledAt": "2026-03-01T12:00:00Z", "pollError": None, "pollFailures": None,
                           "nextPollAt": "2026-03-01T12:05:00Z"}
-        assert not loop.poll_due(fields, T0 + datetime.timedelta(seconds=299))
-        assert loop.poll_due(fields, T0 + datetime.timedelta(seconds=300))
+        assert not decisions.poll_due(fields, T0 + datetime.timedelta(seconds=299))
+        assert decisions.poll_due(fields, T0 + datetime.timedelta(seconds=300))
 
     def test_failures_back_off_doubling_up_to_a_cap(self) -> None:
         training: dict = {}
         delays = []
         for _ in range(8):
-            training.update(loop.polled_fields(training, labeled=None, error="down", finished=T0, poll_seconds=10))
-            delays.append((loop.parse_iso(training["nextPollAt"]) - T0).total_seconds())
+            training.update(decisions.polled_fields(training, labeled=None, error="down", finished=T0, poll_seconds=10))
+            delays.append((decisions.parse_iso(training["nextPollAt"]) - T0).total_seconds())
         assert delays == [20, 40, 80, 160, 320, 320, 320, 320]
         assert training["pollFailures"] == 8 and training["pollError"] == "down"
 

@@ -13,9 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kontinual import builders, jobs
-from kontinual.settings import Settings
-from kontinual.spec import parse
+from kontinual.controller import builders, jobs
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

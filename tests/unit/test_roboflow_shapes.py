@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from kontinual import k8s
-from kontinual.access import SECRET_LABEL
-from kontinual.roboflow_api import RoboflowError, parse_project_info
+from kontinual.controller import k8s
+from kontinual.controller.access import SECRET_LABEL
+from kontinual.common.roboflow import RoboflowError, parse_project_info
 
 MARKED = {"metadata": {"labels": {SECRET_LABEL: "true"}}}
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from kontinual import __version__
-from kontinual.settings import Settings
+from kontinual.controller.settings import Settings
 
 
 def test_defaults_without_environment() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kontinual.settings import Settings
-from kontinual.spec import DEFAULT_METRICS_PORT, DEFAULT_PORT, ModelSource, SpecError, parse
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import DEFAULT_METRICS_PORT, DEFAULT_PORT, ModelSource, SpecError, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"

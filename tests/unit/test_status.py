@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kontinual.status import (AVAILABLE, DEGRADED, READY, RECONCILED, TRAINING, Condition, availability,
+from kontinual.controller.status import (AVAILABLE, DEGRADED, READY, RECONCILED, TRAINING, Condition, availability,
                               merge_conditions, parse_conditions, roll_up)
 
 T0, T1 = "2026-11-27T10:00:00Z", "2026-11-27T11:00:00Z"

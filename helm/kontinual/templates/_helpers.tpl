@@ -73,7 +73,7 @@ Usage: include "kontinual.image" (dict "image" .Values.serverImage "root" .)
 RBAC rules the operator needs on namespaced objects, in every namespace it watches.
 Grouped as in kopf's deployment-rbac.yaml: "framework" is what kopf itself does,
 "application" is what Kontinual's reconcile does (tests/chart/test_rbac.py checks these
-cover kontinual.k8s.API_USAGE and kontinual.handlers.FRAMEWORK_API_USAGE).
+cover kontinual.controller.k8s.API_USAGE and kontinual.controller.handlers.FRAMEWORK_API_USAGE).
 */}}
 {{- define "kontinual.namespacedRules" -}}
 # Framework: posting the events about the handling of ContinualModels.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
-from kontinual.roboflow_api import RoboflowClient, RoboflowError, with_retries
+from kontinual.common.roboflow import RoboflowClient, RoboflowError, with_retries
 from kontinual.serving.encode import encode_jpeg, yolo_annotation
 from kontinual.serving.metrics import Counters
 

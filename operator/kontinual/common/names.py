@@ -1,0 +1,26 @@
+"""Names shared by the controller, the server and the trainer: the API's identity, labels, env vars, paths."""
+
+from __future__ import annotations
+
+# API identity of the custom resource, shared by the operator, the CLI and the tests.
+GROUP = "kontinual.io"
+VERSION = "v1alpha1"
+KIND = "ContinualModel"
+PLURAL = "continualmodels"
+
+# Labels and annotations on the children. MODEL_LABEL names the owning ContinualModel.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kontinual"
+MODEL_LABEL = f"{GROUP}/model"
+VERSION_LABEL = f"{GROUP}/version"  # a training Job's model version
+MOUNTS_MODELS_LABEL = f"{GROUP}/mounts-models"
+SECRET_LABEL = f"{GROUP}/allow-continualmodels"  # a Secret that ContinualModels may name
+ANNOTATION_MODEL_VERSION = f"{GROUP}/model-version"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+TRAIN_REQUEST_ANNOTATION = f"{GROUP}/train-request"
+FINALIZER = f"{GROUP}/finalizer"
+
+# The env var the server and trainer pods read the Roboflow API key from (set from a Secret).
+ROBOFLOW_API_KEY_ENV = "ROBOFLOW_API_KEY"
+# Where the trainer writes its result JSON last; the kubelet turns it into the termination message.
+TERMINATION_LOG = "/dev/termination-log"

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers, the one reconcile, pure builders and loop decisions, the Kubernetes I/O."""

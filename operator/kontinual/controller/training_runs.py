@@ -1,0 +1,217 @@
+"""The training loop's I/O: observe training Jobs, read results, take Roboflow polls, start the next Job.
+
+Called from the one reconcile with the last status; returns the new status.training, the model
+history, the Training/Degraded conditions and the Events to raise. Job names are deterministic
+(NAME-train-<N>) and creation is idempotent, so a restarted operator adopts a running Job
+instead of starting a second one, and a finished Job's result is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from kontinual.common.names import MODEL_LABEL, TRAIN_REQUEST_ANNOTATION, VERSION_LABEL
+from kontinual.controller import decisions, jobs, k8s, polling
+from kontinual.common.contract import ResultError, TrainingResult
+from kontinual.controller.polling import PollRequest
+from kontinual.controller.settings import Settings
+from kontinual.controller.spec import Spec
+from kontinual.controller.status import DEGRADED, TRAINING, Condition
+
+log = logging.getLogger(__name__)
+Event = tuple[str, str, str]  # type (Normal|Warning), reason, message
+
+
+@dataclass
+class LoopState:
+    training: dict[str, Any]
+    models: list[dict[str, Any]]
+    conditions: list[Condition] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    poll: PollRequest | None = None  # a Roboflow poll to ask for once the serving children are applied
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _finished(job: Mapping[str, Any]) -> str | None:
+    """'Complete' or 'Failed' once the Job controller decided, else None."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+def _job_version(job: Mapping[str, Any]) -> int:
+    return int(job["metadata"].get("labels", {}).get(VERSION_LABEL, "0") or 0)
+
+
+def read_result(job: Mapping[str, Any], outcome: str) -> TrainingResult:
+    """The trainer's result from the newest pod's termination message (never from logs alone)."""
+    meta = job["metadata"]
+    pods = [p for p in k8s.list_objects("Pod", meta["namespace"], f"job-name={meta['name']}")
+            if _owned_by(p, meta.get("uid", ""))]
+    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    message = ""
+    for pod in reversed(pods):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") == "trainer" and terminated.get("message"):
+                message = terminated["message"]
+                break
+        if message:
+            break
+    if message:
+        try:
+            return TrainingResult.from_json(message, strict=False)
+        except ResultError as exc:
+            if outcome == "Complete":
+                return TrainingResult.failed("ResultInvalid", f"the trainer's result is not valid: {exc}")
+            return TrainingResult.failed("TrainerCrashed",
+                                         f"the trainer stopped without a result; last log lines: {message[-600:]}")
+    reason = next((c.get("reason") for c in (job.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed"), None)
+    if outcome == "Failed":
+        return TrainingResult.failed(reason or "JobFailed", f"the training Job failed ({reason or 'no reason given'}) "
+                                     "and its pod left no result")
+    return TrainingResult.failed("ResultMissing", "the training Job completed but its pod left no result")
+
+
+def _record(spec: Spec, state: LoopState, job: Mapping[str, Any], outcome: str, now: str) -> None:
+    version, name = _job_version(job), job["metadata"]["name"]
+    result = read_result(job, outcome)
+    status = job.get("status") or {}
+    finished = status.get("completionTime") or now
+    started = status.get("startTime") or (state.training.get("lastRun") or {}).get("startedAt")
+    last = {"job": name, "version": version, "startedAt": started, "finishedAt": finished,
+            "result": result.status, "reason": result.reason, "message": result.message,
+            "trigger": (state.training.get("lastRun") or {}).get("trigger")}
+    state.training["lastRun"] = last
+    if not result.succeeded:
+        state.events.append(("Warning", "TrainingFailed", f"{name}: {result.reason}: {result.message}"))
+        state.conditions.append(Condition(DEGRADED, True, result.reason or "TrainingFailed",
+                                          f"training run v{version} failed: {result.message}; the previous model keeps serving"))
+        return
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted((result.metrics or {}).items()) if isinstance(v, (int, float)))
+    state.events.append(("Normal", "TrainingSucceeded", f"{name}: v{version} {metrics}"))
+    verdict = decisions.judge(spec, result, version, decisions.serving_version(spec, state.models))
+    state.models.append(decisions.model_record(result, name, finished, verdict, version))
+    last["promoted"] = verdict.promoted
+    if verdict.promoted:
+        state.events.append(("Normal", "ModelPromoted", f"v{version}: {verdict.message}"))
+        state.conditions.append(Condition(DEGRADED, False, "ModelPromoted", f"v{version} promoted: {verdict.message}"))
+    else:
+        state.events.append(("Warning", "ModelRejected", f"v{version}: {verdict.reason}: {verdict.message}"))
+        state.conditions.append(Condition(DEGRADED, True, verdict.reason,
+                                          f"v{version} not promoted: {verdict.message}; the previous model keeps serving"))
+
+
+def _already_recorded(state: LoopState, version: int) -> bool:
+    last = state.training.get("lastRun") or {}
+    return any(m.get("version") == version for m in state.models) or (
+        last.get("version") == version and bool(last.get("finishedAt")))
+
+
+def _poll_request(spec: Spec) -> PollRequest:
+    ds = spec.training.dataset if spec.training else None
+    assert ds is not None
+    return PollRequest(namespace=spec.namespace, name=spec.name, uid=spec.uid, api_url=ds.api_url,
+                       workspace=ds.workspace, project=ds.project, secret_name=ds.api_key.name,
+                       secret_key=ds.api_key.key)
+
+
+def _take_poll(spec: Spec, state: LoopState, settings: Settings, now: datetime.datetime) -> int | None:
+    """Record a finished poll (taken from the poller) and ask for the next one when due; the count or None."""
+    assert spec.training is not None
+    if not spec.training.trigger.min_new_labeled_images:
+        return None
+    poller = polling.current()
+    request = _poll_request(spec)
+    result = poller.take(spec.uid) if poller is not None else None
+    labeled = None
+    if result is not None and result.source == request.source:
+        previous_error = state.training.get("pollError")
+        state.training.update(decisions.polled_fields(state.training, labeled=result.labeled, error=result.error,
+                                                 finished=result.finished, poll_seconds=settings.roboflow_poll_seconds))
+        labeled = result.labeled
+        if result.error:
+            log.warning("%s/%s: %s", spec.namespace, spec.name, result.error)
+            if result.error != previous_error:  # one Event per new error, not one per retry
+                state.events.append(("Warning", "RoboflowPollFailed", result.error))
+    if decisions.poll_due(state.training, now):
+        state.poll = request
+    return labeled
+
+
+def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str], settings: Settings,
+        now: datetime.datetime) -> LoopState:
+    state = LoopState(training=dict(previous.get("training") or {}),
+                      models=[dict(m) for m in previous.get("models") or []])
+    stamp = decisions.iso(now)
+    owned = [j for j in k8s.list_objects("Job", spec.namespace, f"{VERSION_LABEL},{MODEL_LABEL}={spec.name}")
+             if _owned_by(j, spec.uid) and _job_version(j)]
+    owned.sort(key=_job_version)
+    active = None
+    for job in owned:
+        outcome = _finished(job)
+        if outcome is None:
+            active = job["metadata"]["name"]
+        elif not _already_recorded(state, _job_version(job)):
+            _record(spec, state, job, outcome, stamp)
+
+    labeled = _take_poll(spec, state, settings, now)
+    triggers = decisions.evaluate_triggers(spec, state.training, now=now, labeled=labeled,
+                                      train_request=annotations.get(TRAIN_REQUEST_ANNOTATION))
+    state.training.update(triggers.fields)
+    wanted = "; ".join(triggers.reasons) or state.training.get("pending")
+    if active is None and wanted:
+        active = _start(spec, state, settings, owned, str(wanted), stamp)
+    elif active is not None and triggers.reasons:
+        state.training["pending"] = wanted  # served once after the running Job, never stacked
+        state.events.append(("Normal", "TrainingQueued", f"{wanted}; waits for {active}"))
+    state.training["activeJob"] = active
+    if active:
+        state.conditions.append(Condition(TRAINING, True, "JobRunning", f"{active} is training"))
+    else:
+        last = state.training.get("lastRun") or {}
+        state.conditions.append(Condition(TRAINING, False, "Idle", f"last run: {last.get('job')} {last.get('result')}"
+                                          if last else "no training run yet"))
+    keep = (decisions.serving_model(spec, state.models) or {}).get("version")
+    state.models = decisions.prune_history(state.models, spec.rollout.history_limit, keep)
+    return state
+
+
+def _start(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[Mapping[str, Any]],
+           reason: str, stamp: str) -> str | None:
+    version = decisions.next_version(state.models, state.training, [_job_version(j) for j in owned])
+    serving = decisions.serving_model(spec, state.models)
+    base = (serving or {}).get("version")
+    labeled_at_last_run = state.training.get("labeledImagesAtLastRun")
+    job = jobs.training_job(spec, settings, version=version, base_weights=base,
+                            baseline=jobs.Baseline.of(spec, serving),
+                            labeled_at_last_run=int(labeled_at_last_run) if labeled_at_last_run is not None else None)
+    name = str(job["metadata"]["name"])
+    try:
+        k8s.create(job)  # None when it exists already: the same run, never a second one
+    except ApiException as exc:
+        message = f"creating {name} failed: {k8s.api_error(exc)}"
+        state.events.append(("Warning", "TrainingFailed", message))
+        state.conditions.append(Condition(DEGRADED, True, "JobCreateFailed", message))
+        return None
+    except k8s.ChildConflict as exc:  # someone else's Job has this run's name: never adopt it
+        state.events.append(("Warning", "ChildConflict", str(exc)))
+        state.conditions.append(Condition(DEGRADED, True, "ChildConflict", f"training run v{version} not started: {exc}"))
+        return None
+    state.training.update(runs=int(state.training.get("runs") or 0) + 1, pending=None,
+                          lastRun={"job": name, "version": version, "startedAt": stamp, "trigger": reason})
+    if state.training.get("lastLabeledImages") is not None:
+        state.training["labeledImagesAtLastRun"] = state.training["lastLabeledImages"]
+    state.events.append(("Normal", "TrainingStarted", f"{name}: {reason}"))
+    return name
