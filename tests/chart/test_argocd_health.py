@@ -85,6 +85,6 @@ def test_scaled_to_zero_is_suspended() -> None:
 def test_every_reason_the_script_names_is_one_the_operator_emits() -> None:
     named = set(re.findall(r"\b([A-Z][a-zA-Z]+) = true", SCRIPT)) | set(re.findall(r'reason == "(\w+)"', SCRIPT))
     assert named == {"InvalidSpec", "ApplyFailed", "ProgressDeadlineExceeded", "ScaledToZero"}
-    source = "\n".join(p.read_text() for p in (ROOT / "operator" / "kontinual").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "operator" / "kontinual").rglob("*.py"))
     for reason in named:
         assert f'"{reason}"' in source, f"the operator never sets reason {reason}; the health check is stale"

@@ -36,7 +36,7 @@ def test_the_product_imports_without_any_outside_attempt(tmp_path: Path) -> None
     done = _imports("""
         import kontinual.trainer
         import yolov5, yolov5.train, yolov5.val
-        from kontinual.trainer import cli, evaluate, export, loop, model, pipeline
+        from kontinual.trainer import cli, evaluate, export, fit, model, pipeline
         import ultralytics.yolo.utils as u, ultralytics.yolo.utils.checks as checks
         import yolov5.utils.general as general
         assert u.ONLINE is False and not u.is_online() and not checks.is_online() and not general.check_online()
