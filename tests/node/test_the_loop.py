@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from kontinual.common.names import GROUP, PLURAL, VERSION
 from tests.e2e.kube import wait_for
 from tests.node.conftest import TIMINGS
 from tests.node.node import NODE_IP
