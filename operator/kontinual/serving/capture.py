@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from kontinual.common.roboflow import RoboflowClient, RoboflowError, with_retries
 from kontinual.serving.encode import encode_jpeg, yolo_annotation
-from kontinual.serving.metrics import Counters
+from kontinual.serving.metrics import Counters, MetricsServer
 
 _LOG = logging.getLogger("kontinual.serving")
 
@@ -204,3 +204,47 @@ class Uploader:
         if now - self._last_warning >= 60.0:
             self._last_warning = now
             _LOG.warning("data capture: giving up on an image after %d attempts: %s", self.config.attempts, exc.message)
+
+
+class RequestCapture:
+    """1-of-`frequency` sampling, the per-minute cap and the upload queue for a server that sees each
+    request's images and answer together (the kserve runtime). The DeepSparse logger pairs them itself."""
+
+    def __init__(self, config: CaptureConfig, client: RoboflowClient | None, metrics_host: str, metrics_port: int) -> None:
+        self.config = config
+        self.counters = Counters(config.endpoint)
+        self.uploader = Uploader(config, client, self.counters)
+        self.metrics = MetricsServer(self.counters, metrics_host, metrics_port)
+        self._cap = RateCap(config.max_per_minute)
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._closed = False
+
+    def sample(self, images: Sequence[Any]) -> list[int]:
+        """Count one request; the indices of its images to capture (empty unless it is 1 of `frequency`)."""
+        with self._lock:
+            count, self._seen = self._seen, self._seen + 1
+        self.counters.inc("requests")
+        if count % self.config.frequency or not images:
+            return []
+        self.counters.inc("sampled", len(images))
+        admitted = [i for i in range(len(images)) if self._cap.admit()]
+        if len(admitted) < len(images):
+            self.counters.drop("rate_limited", len(images) - len(admitted))
+        return admitted
+
+    def submit(self, image: Any, boxes: Sequence[Sequence[float]] | None, labels: Sequence[Any] | None) -> None:
+        """Queue one sampled image, with the answer's boxes and labels when pre-annotations are wanted."""
+        if self.config.upload_predictions and boxes is not None:
+            self.uploader.submit(Sample(image, list(boxes), list(labels or [])))
+        else:
+            self.uploader.submit(Sample(image))
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.uploader.close(timeout)
+        self.metrics.close()
+        _LOG.info("data capture: stopped; %s", self.counters.snapshot())
