@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import queue
-from typing import Protocol
+import sys
+from typing import Iterable, Protocol
 
 import numpy
 
@@ -19,8 +20,14 @@ class Engine(Protocol):
     def run(self, batch: numpy.ndarray) -> numpy.ndarray: ...
 
 
-def _dims(shape: object) -> tuple[int | None, ...]:
-    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)  # type: ignore[union-attr]
+def _dims(shape: Iterable[object]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+
+
+def _no_openvino_telemetry() -> None:
+    """openvino's model reader loads openvino_telemetry, which without a consent file counts as consent and posts
+    to www.google-analytics.com. An import that fails makes openvino use its own no-op stub (ovc.telemetry_stub)."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 
 class OpenVINOEngine:
@@ -28,6 +35,7 @@ class OpenVINOEngine:
     silently and its detections drift from DeepSparse's by many pixels."""
 
     def __init__(self, model: str, num_cores: int | None = None) -> None:
+        _no_openvino_telemetry()
         import openvino
 
         core = openvino.Core()

@@ -87,7 +87,8 @@ class YoloModel(Model):
             batch = [yolo.preprocess(image, self.size, runner.uint8_input) for image in chunk]
             batch += [batch[-1]] * (self.batch - len(batch))
             output = runner.run(numpy.stack(batch))
-            results += yolo.postprocess(output[:len(chunk)], [image.shape[:2] for image in chunk], self.size)
+            shapes = [(int(image.shape[0]), int(image.shape[1])) for image in chunk]
+            results += yolo.postprocess(output[:len(chunk)], shapes, self.size)
         return results
 
     def answer(self, images: Sequence[numpy.ndarray]) -> dict[str, Any]:
@@ -115,8 +116,11 @@ class YoloModel(Model):
             self.capture.close()
 
 
+REQUEST_FILES = File(...)  # FastAPI's marker for a required multipart field (a missing one is its 422)
+
+
 @model_server.app.post("/v2/models/{model_name}/infer/from_files")
-async def from_files(model_name: str, request: list[UploadFile] = File(...)) -> dict[str, Any]:
+async def from_files(model_name: str, request: list[UploadFile] = REQUEST_FILES) -> dict[str, Any]:
     """DeepSparse Server's upload route: field `request` once per image; its YOLOOutput body."""
     model = SERVER.registered_models.get_model(model_name) if SERVER else None
     if not isinstance(model, YoloModel):
