@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kontinual-installed
 GUARD := $(VENV)/.netguard-installed
 TOOLS := .venv-tools
+# The Apache-licensed runtime's own venv (kserve and deepsparse[server] cannot share one: fastapi pins).
+RUNTIME := .venv-runtime
+RUNTIME_STAMP := $(RUNTIME)/.kontinual-installed
 TOOLS_STAMP := $(TOOLS)/.installed
 PYTEST := $(BIN)/python -m pytest
 
@@ -21,9 +24,9 @@ export YOLOV5_CONFIG_DIR := $(CURDIR)/.venv/yolo-config
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv check test test-unit test-emulator test-serving test-training test-chart test-e2e \
-        test-node bench up down clean lock
+        test-node test-runtime bench up down clean lock lock-runtime
 
-venv: $(STAMP) $(GUARD)
+venv: $(STAMP) $(GUARD) $(RUNTIME_STAMP)
 
 $(STAMP): requirements/test.txt requirements/dev.txt requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +40,15 @@ $(STAMP): requirements/test.txt requirements/dev.txt requirements/lock.txt pypro
 # records connections off this machine (tests/support/netguard.py; tests/conftest.py turns it on).
 $(GUARD): $(STAMP) tests/support/netguard.py
 	$(BIN)/python tests/support/netguard.py --install-bootstrap
+	@touch $@
+
+# The kserve runtime's venv (tests/runtime starts its server from it), from its own lock, with the
+# egress guard's bootstrap as in .venv: the servers it starts inherit the guard too.
+$(RUNTIME_STAMP): requirements/runtime.txt requirements/runtime-lock.txt tests/support/netguard.py
+	@test -x $(RUNTIME)/bin/python || $(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/python -m pip install -q --upgrade "pip<26"
+	$(RUNTIME)/bin/python -m pip install -q -r requirements/runtime.txt -c requirements/runtime-lock.txt
+	$(RUNTIME)/bin/python tests/support/netguard.py --install-bootstrap
 	@touch $@
 
 # Static checks: ruff (pyflakes, pycodestyle, bugbear, simplify, complexity), mypy, and the
@@ -65,6 +77,8 @@ test-training: venv
 	$(PYTEST) -ra tests/training
 test-chart: venv
 	$(PYTEST) -ra tests/chart
+test-runtime: venv
+	$(PYTEST) -ra tests/runtime
 test-e2e: venv
 	$(PYTEST) -ra tests/e2e
 # A real node (kubelet, kube-proxy, Docker) and the whole loop in real pods; needs root, else it is
@@ -84,10 +98,16 @@ down:
 	bash hack/down.sh
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) $(RUNTIME) .pytest_cache .mypy_cache .ruff_cache
 
 # Freeze the test environment into requirements/lock.txt (the images' constraints).
 lock: venv
 	{ echo "# Every package of the test environment (pip freeze of .venv, regenerate with: make lock)."; \
 	  echo "# The images use it as constraints, so they run the exact versions the tests ran; tests/chart checks it."; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > requirements/lock.txt
+
+# Freeze the runtime venv into requirements/runtime-lock.txt (images/server-openvino's constraints).
+lock-runtime: $(RUNTIME_STAMP)
+	{ echo "# Every package of the kserve runtime's venv (pip freeze of .venv-runtime, regenerate with: make lock-runtime)."; \
+	  echo "# images/server-openvino uses it as constraints; tests/runtime/test_licenses.py checks every licence in it."; \
+	  $(RUNTIME)/bin/pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > requirements/runtime-lock.txt
