@@ -2,7 +2,7 @@
 onnxruntime, answering DeepSparse Server's `from_files` route with DeepSparse's YOLO response.
 
 Run as `python -m kontinual.serving.kserve_runtime --config-file server.yaml --http_port 5543`, the config
-being what `kontinual.builders.runtime_config` renders. Routes: kserve's own (`/v2/health/live`,
+being what `kontinual.controller.builders.server_config` renders. Routes: kserve's own (`/v2/health/live`,
 `/v2/health/ready`, `/v2/models/NAME`, `/v2/models/NAME/ready`, `/v2/models/NAME/infer` with OIP v2
 tensors: the engine's raw output), plus `POST /v2/models/NAME/infer/from_files` (multipart field `request`,
 once per image), registered on kserve's module-level FastAPI app before `ModelServer.start` adds its routers.
@@ -25,13 +25,12 @@ from fastapi import File, HTTPException, UploadFile
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
 from starlette.concurrency import run_in_threadpool
 
-from kontinual.roboflow_api import DEFAULT_API_URL, RoboflowClient
+from kontinual.common.names import METRICS_HOST_ENV, ROBOFLOW_API_KEY_ENV
+from kontinual.common.roboflow import DEFAULT_API_URL, RoboflowClient
 from kontinual.serving import engines, yolo
 from kontinual.serving.capture import CaptureConfig, RequestCapture
 
 _LOG = logging.getLogger("kontinual.serving")
-API_KEY_ENV = "ROBOFLOW_API_KEY"
-METRICS_HOST_ENV = "KONTINUAL_METRICS_HOST"  # default 0.0.0.0 (the pod); tests use 127.0.0.1
 _CAPTURE_KEYS = {"api_url", "metrics_port", "api_key_env"}  # logger kwargs that are not CaptureConfig fields
 
 
@@ -44,11 +43,11 @@ def _capture(settings: dict[str, Any]) -> RequestCapture:
     config = CaptureConfig(**fields)
     if config.frequency < 1 or config.max_per_minute < 1 or config.queue_size < 1:
         raise ValueError("capture: frequency, max_per_minute and queue_size must be >= 1")
-    key = os.environ.get(settings.get("api_key_env", API_KEY_ENV), "").strip()
+    key = os.environ.get(settings.get("api_key_env", ROBOFLOW_API_KEY_ENV), "").strip()
     client = RoboflowClient(key, settings.get("api_url", DEFAULT_API_URL)) if key else None
     if client is None:
         _LOG.error("data capture: %s is not set; sampled images will be counted as failed, not uploaded",
-                   settings.get("api_key_env", API_KEY_ENV))
+                   settings.get("api_key_env", ROBOFLOW_API_KEY_ENV))
     return RequestCapture(config, client, os.environ.get(METRICS_HOST_ENV, "0.0.0.0"),
                           int(settings.get("metrics_port", 9101)))
 

@@ -48,14 +48,13 @@ from typing import Any, Sequence
 import numpy
 from deepsparse.legacy.loggers import BaseLogger
 
-from kontinual.common.names import ROBOFLOW_API_KEY_ENV
+from kontinual.common.names import METRICS_HOST_ENV, ROBOFLOW_API_KEY_ENV
 from kontinual.common.roboflow import DEFAULT_API_URL, RoboflowClient
 from kontinual.serving.capture import CaptureConfig, RateCap, Sample, Uploader
 from kontinual.serving.metrics import Counters, MetricsServer
 
 _LOG = logging.getLogger("kontinual.serving")
 API_KEY_ENV = ROBOFLOW_API_KEY_ENV
-METRICS_HOST_ENV = "KONTINUAL_METRICS_HOST"  # default 0.0.0.0 (the pod); tests use 127.0.0.1
 INPUTS, OUTPUTS = "pipeline_inputs", "pipeline_outputs"
 
 
