@@ -64,7 +64,9 @@ def assert_complete_version(root: Path, run: Run, version: int) -> dict:
     assert result["onnx"] == f"v{version}/model.onnx"
     folder = root / f"v{version}"
     assert sorted(p.name for p in folder.iterdir()) == \
-        ["manifest.json", "metrics.json", "model.onnx", "model.pt", "recipe.yaml"]
+        ["manifest.json", "metrics.json", "model.onnx", "model.pt", "recipe.yaml", "result.json"]
+    # The result survives its pod: the claim holds the same JSON as the termination message.
+    assert json.loads((folder / "result.json").read_text()) == result
     assert not list(root.glob(f".v{version}.tmp-*"))
     manifest = json.loads((folder / "manifest.json").read_text())
     onnx_file = root / result["onnx"]

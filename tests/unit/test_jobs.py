@@ -280,3 +280,39 @@ def test_generation_takes_the_spec_settings_and_can_be_turned_off() -> None:
     assert args.labeled_at_last_run is None
     for off in ({"dataset": {"generate": False}}, {"dataset": {"version": "7"}}):
         assert "--generate-version" not in trainer(job(make_spec(off)))["args"]
+
+
+def test_the_job_carries_what_it_serves() -> None:
+    manifest = jobs.training_job(make_spec(), SETTINGS, version=2, base_weights=None,
+                                 annotations={"kontinual.io/train-request": "go"})
+    assert manifest["metadata"]["annotations"] == {"kontinual.io/train-request": "go"}
+    assert "annotations" not in job(make_spec())["metadata"]
+
+
+def test_the_result_reader_prints_the_claims_result_read_only() -> None:
+    spec = make_spec({"image": "mirror.example/trainer:dev", "nodeSelector": {"pool": "train"},
+                      "imagePullSecrets": [{"name": "pull"}]})
+    reader = jobs.result_reader_job(spec, SETTINGS, 3)
+    assert reader["metadata"]["name"] == "soccer-result-3"
+    assert reader["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    labels = reader["metadata"]["labels"]
+    assert labels["kontinual.io/model"] == "soccer" and "kontinual.io/version" not in labels  # not a training run
+    pod = reader["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "mirror.example/trainer:dev"
+    assert container["command"] == ["cp", "/models/v3/result.json", "/dev/termination-log"]
+    assert container["terminationMessagePolicy"] == "File"  # a failed copy never reads as a result
+    assert container["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "soccer-models",
+                                                                           "readOnly": True}}]
+    assert pod["securityContext"] == trainer_pod(job(spec))["securityContext"]
+    assert container["securityContext"] == trainer(job(spec))["securityContext"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert (pod["nodeSelector"], pod["imagePullSecrets"]) == ({"pool": "train"}, [{"name": "pull"}])
+    assert "env" not in container  # no Secret, no token: it only reads one file
+    assert reader["spec"]["backoffLimit"] == 0 and reader["spec"]["ttlSecondsAfterFinished"] > 0
+    assert reader["spec"]["template"]["metadata"]["labels"]["kontinual.io/mounts-models"] == "true"
+
+
+def trainer_pod(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest["spec"]["template"]["spec"]

@@ -109,6 +109,56 @@ def test_next_version_counts_failed_runs_and_existing_jobs():
     assert decisions.next_version([{"version": 2}], {}, [5]) == 6
 
 
+def test_a_version_is_never_reused_after_its_run_and_job_vanished():
+    # v7 was started (highestVersion), then its Job, its record and the models before it were all gone.
+    assert decisions.next_version([], {"highestVersion": 7, "lastRun": {"version": 3}}, []) == 8
+
+
+RUN = decisions.RunJob(name="m-train-3", uid="uid-3", version=3)
+
+
+def test_a_finished_job_is_recorded_once_by_uid_failed_ones_included():
+    training = {"lastRun": {"version": 4, "finishedAt": "2026-12-01T00:00:00Z", "result": "Failed"},
+                "recordedJobs": ["uid-1"], "highestVersion": 4}
+    assert not decisions.is_recorded(training, [], RUN)  # v3 failed, then v4: v3's Job was never recorded
+    training["recordedJobs"] = decisions.recorded_jobs(training, RUN.uid)
+    assert decisions.is_recorded(training, [], RUN)
+    # A Job of the same name recreated by someone (another uid) is a different run.
+    assert not decisions.is_recorded(training, [], decisions.RunJob("m-train-3", "uid-other", 3))
+
+
+def test_recorded_uids_are_bounded_and_older_versions_count_as_recorded():
+    training: dict = {"recordedJobs": [], "highestVersion": 0}
+    for n in range(1, 31):
+        training["recordedJobs"] = decisions.recorded_jobs(training, f"uid-{n}")
+    assert len(training["recordedJobs"]) == decisions.RECORDED_JOBS_KEPT
+    assert training["recordedJobs"][-1] == "uid-30"
+    training["highestVersion"] = 30
+    assert decisions.is_recorded(training, [], decisions.RunJob("m-train-5", "uid-5", 5))  # dropped, but old
+    assert not decisions.is_recorded(training, [], decisions.RunJob("m-train-31", "uid-31", 31))
+
+
+def test_a_status_that_predates_recorded_jobs_never_re_records_older_runs():
+    training = {"lastRun": {"version": 4, "job": "m-train-4"}}  # v4 running, v1..v3 recorded by the old operator
+    assert decisions.is_recorded(training, [], RUN)
+    assert not decisions.is_recorded(training, [], decisions.RunJob("m-train-4", "uid-4", 4))
+
+
+def test_a_job_above_every_known_version_is_adopted_with_its_request():
+    job = decisions.RunJob(name="m-train-2", uid="uid-2", version=2, created="2026-12-01T10:00:00Z",
+                           trigger="annotation kontinual.io/train-request=go", train_request="go")
+    training = {"runs": 1, "highestVersion": 1, "pending": "schedule", "lastLabeledImages": 40,
+                "lastRun": {"job": "m-train-1", "version": 1, "finishedAt": "2026-12-01T09:00:00Z"}}
+    fields = decisions.adopted_fields(training, [{"version": 1}], job)
+    assert fields == {"highestVersion": 2, "runs": 2, "pending": None, "lastTrainRequest": "go",
+                      "labeledImagesAtLastRun": 40,
+                      "lastRun": {"job": "m-train-2", "version": 2, "startedAt": "2026-12-01T10:00:00Z",
+                                  "trigger": "annotation kontinual.io/train-request=go"}}
+    assert decisions.adopted_fields({**training, **fields}, [], job) == {}  # adopted once
+    assert decisions.unfinished_run({**training, **fields}) == ("m-train-2", 2)
+    assert decisions.unfinished_run(training) is None
+
+
 def exam(version: int, map50: float | None, baseline: dict | None = None, *, split_images: int = 45,
          dataset: str = "7") -> TrainingResult:
     """A result with its baseline: the serving model on the same split of dataset `dataset`."""

@@ -10,6 +10,8 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 # Kubernetes keeps at most 4096 bytes of a termination message; stay below it.
 MAX_RESULT_BYTES = 4000
+# A Succeeded run's result also lies on the model claim as v<N>/result.json, so it survives its pod.
+RESULT_FILE = "result.json"
 
 
 class ResultError(ValueError):

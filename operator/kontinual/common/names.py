@@ -17,7 +17,8 @@ MOUNTS_MODELS_LABEL = f"{GROUP}/mounts-models"
 SECRET_LABEL = f"{GROUP}/allow-continualmodels"  # a Secret that ContinualModels may name
 ANNOTATION_MODEL_VERSION = f"{GROUP}/model-version"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
-TRAIN_REQUEST_ANNOTATION = f"{GROUP}/train-request"
+TRAIN_REQUEST_ANNOTATION = f"{GROUP}/train-request"  # on the CR (the user's) and on the Job that serves it
+TRIGGER_ANNOTATION = f"{GROUP}/trigger"  # on a training Job: what started it
 FINALIZER = f"{GROUP}/finalizer"
 
 # The env var the server and trainer pods read the Roboflow API key from (set from a Secret).

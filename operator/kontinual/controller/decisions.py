@@ -105,12 +105,87 @@ def polled_fields(training: Mapping[str, Any], *, labeled: int | None, error: st
             "nextPollAt": iso(finished + datetime.timedelta(seconds=poll_delay(failures, poll_seconds)))}
 
 
-def next_version(models: Sequence[Mapping[str, Any]], training: Mapping[str, Any], job_versions: list[int]) -> int:
-    """The next run's version: above every version ever recorded or started (failed runs use one too)."""
+def highest_version(models: Sequence[Mapping[str, Any]], training: Mapping[str, Any]) -> int:
+    """The highest version ever started: status.training.highestVersion (a status that predates it:
+    the newest stored model or last run)."""
     seen = [int(m.get("version") or 0) for m in models]
     seen.append(int((training.get("lastRun") or {}).get("version") or 0))
-    seen += job_versions
-    return max(seen + [0]) + 1
+    seen.append(int(training.get("highestVersion") or 0))
+    return max(seen)
+
+
+def next_version(models: Sequence[Mapping[str, Any]], training: Mapping[str, Any], job_versions: list[int]) -> int:
+    """The next run's version: above every version ever started, recorded or seen as a Job (failed and
+    vanished runs use one too, so a version, and its folder on the claim, is never reused)."""
+    return max([highest_version(models, training), *job_versions]) + 1
+
+
+RECORDED_JOBS_KEPT = 20  # Job uids kept in status.training.recordedJobs; older versions count as recorded
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What the loop needs of one training Job: identity, version, and what it was started for."""
+
+    name: str
+    uid: str
+    version: int
+    created: str | None = None
+    trigger: str | None = None
+    train_request: str | None = None
+
+
+def is_recorded(training: Mapping[str, Any], models: Sequence[Mapping[str, Any]], job: RunJob) -> bool:
+    """Whether the finished `job`'s result is in status already (then it is never recorded again).
+
+    By uid (failed runs too); a version older than the kept uids, or stored as a model, counts as
+    recorded; a status that predates recordedJobs: every version below its last run's.
+    """
+    recorded = training.get("recordedJobs")
+    if job.uid and job.uid in (recorded or ()):
+        return True
+    if any(m.get("version") == job.version for m in models):
+        return True
+    last = training.get("lastRun") or {}
+    if last.get("finishedAt") and last.get("version") == job.version:
+        return True
+    if recorded is None and job.version < int(last.get("version") or 0):  # one run at a time: older ones were
+        return True
+    return job.version <= int(training.get("highestVersion") or 0) - RECORDED_JOBS_KEPT
+
+
+def recorded_jobs(training: Mapping[str, Any], uid: str) -> list[str]:
+    """status.training.recordedJobs with `uid` added (bounded: the newest RECORDED_JOBS_KEPT)."""
+    kept = [u for u in training.get("recordedJobs") or [] if u != uid]
+    return (kept + [uid])[-RECORDED_JOBS_KEPT:] if uid else kept
+
+
+def adopted_fields(training: Mapping[str, Any], models: Sequence[Mapping[str, Any]], job: RunJob) -> dict[str, Any]:
+    """The status.training fields for a Job above every version the status knows, else {}.
+
+    Such a Job was created by an operator whose status write never landed (killed between the
+    two) or by one that status cannot remember; it is this CR's run: count it, remember its version,
+    and its train request, so the request is not served by a second run.
+    """
+    if job.version <= highest_version(models, training):
+        return {}
+    fields: dict[str, Any] = {"highestVersion": job.version, "runs": int(training.get("runs") or 0) + 1,
+                              "pending": None,
+                              "lastRun": {"job": job.name, "version": job.version, "startedAt": job.created,
+                                          "trigger": job.trigger}}
+    if job.train_request:
+        fields["lastTrainRequest"] = job.train_request
+    if training.get("lastLabeledImages") is not None:
+        fields["labeledImagesAtLastRun"] = training["lastLabeledImages"]
+    return fields
+
+
+def unfinished_run(training: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(Job name, version) of the run status says was started and not yet recorded, else None."""
+    last = training.get("lastRun") or {}
+    if last.get("version") and last.get("job") and not last.get("finishedAt"):
+        return str(last["job"]), int(last["version"])
+    return None
 
 
 @dataclass(frozen=True)
@@ -241,6 +316,7 @@ def mark_rolled_back(models: Sequence[Mapping[str, Any]], version: int, message:
     return out
 
 
-__all__ = ["Triggers", "Verdict", "evaluate_triggers", "judge", "mark_rolled_back", "model_record",
-           "next_version", "poll_delay", "poll_due", "polled_fields", "prune_history", "serving_model",
-           "serving_version"]
+__all__ = ["RECORDED_JOBS_KEPT", "RunJob", "Triggers", "Verdict", "adopted_fields", "evaluate_triggers",
+           "highest_version", "is_recorded", "judge", "mark_rolled_back", "model_record", "next_version", "poll_delay",
+           "poll_due", "polled_fields", "prune_history", "recorded_jobs", "serving_model", "serving_version",
+           "unfinished_run"]

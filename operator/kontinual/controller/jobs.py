@@ -12,6 +12,7 @@ from kontinual.controller.builders import (MODELS_MOUNT, container_security, fet
                                 metadata, pod_security, sparsezoo_env,
                                 with_colocation)
 from kontinual.common.classnames import COCO_NAMES, version_names
+from kontinual.common.contract import RESULT_FILE
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
 
@@ -131,9 +132,11 @@ def _dataset_args(spec: Spec, labeled_at_last_run: int | None) -> list[str]:
 
 
 def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: int | None,
-                 baseline: Baseline | None = None, labeled_at_last_run: int | None = None) -> dict[str, Any]:
+                 baseline: Baseline | None = None, labeled_at_last_run: int | None = None,
+                 annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The Job for training run `version`; `base_weights` is the serving version to continue from,
-    `baseline` the serving model the candidate is compared with (default: the seed)."""
+    `baseline` the serving model the candidate is compared with (default: the seed); `annotations`
+    record on the Job what it serves (the train request, the trigger), for an operator that restarts."""
     training = spec.training
     if training is None:
         raise ValueError("training_job needs spec.training")
@@ -213,18 +216,11 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
     }
     if inputs.init:
         pod_spec["initContainers"] = inputs.init
-    if training.node_selector:
-        pod_spec["nodeSelector"] = dict(training.node_selector)
-    if training.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in training.tolerations]
-    # With a single-node claim the Job runs where the server pods that mount the claim run.
-    affinity = with_colocation(spec, training.affinity)
-    if affinity:
-        pod_spec["affinity"] = affinity
-    if training.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": n} for n in training.image_pull_secrets]
+    _schedule(spec, pod_spec)
     meta = metadata(spec, job_name(spec, version), "training")
     meta["labels"] = job_labels(spec, version)
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -234,6 +230,73 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
             "activeDeadlineSeconds": training.active_deadline_seconds,
             "ttlSecondsAfterFinished": training.ttl_seconds_after_finished,
             "template": {"metadata": {"labels": {**job_labels(spec, version), MOUNTS_MODELS_LABEL: "true"}},
+                         "spec": pod_spec},
+        },
+    }
+
+
+def _schedule(spec: Spec, pod_spec: dict[str, Any]) -> None:
+    """spec.training's node placement and pull secrets; with a single-node claim, next to the server pods."""
+    training = spec.training
+    assert training is not None
+    if training.node_selector:
+        pod_spec["nodeSelector"] = dict(training.node_selector)
+    if training.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in training.tolerations]
+    affinity = with_colocation(spec, training.affinity)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if training.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in training.image_pull_secrets]
+
+
+def result_reader_name(spec: Spec, version: int) -> str:
+    return f"{spec.name}-result-{version}"
+
+
+RESULT_READER = "result-reader"  # the reader Job's component label and its container's name
+READER_TTL_SECONDS = 600  # the reader is read within seconds of finishing; then the TTL controller removes it
+
+
+def result_reader_job(spec: Spec, settings: Settings, version: int) -> dict[str, Any]:
+    """`NAME-result-<N>`: prints v<N>/result.json from the model claim (read-only) as its termination message.
+
+    For a run whose pod (or Job) is gone before the operator read its result: the trainer wrote
+    the same JSON into its version folder. No training labels (it is not a run), no token, no
+    network, the training pods' security and placement.
+    """
+    training = spec.training
+    if training is None:
+        raise ValueError("result_reader_job needs spec.training")
+    container = {
+        "name": RESULT_READER,
+        "image": training.image or settings.trainer_image,
+        "command": ["cp", f"{MODELS_MOUNT}/v{version}/{RESULT_FILE}", TERMINATION_LOG],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",  # only the file: a missing result must not read as one
+        "securityContext": container_security(),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(),
+        "containers": [container],
+        "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": spec.storage.claim_name,
+                                                                 "readOnly": True}}],
+    }
+    _schedule(spec, pod_spec)
+    meta = metadata(spec, result_reader_name(spec, version), RESULT_READER)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": READER_TTL_SECONDS,
+            "template": {"metadata": {"labels": {**labels(spec, RESULT_READER), MOUNTS_MODELS_LABEL: "true"}},
                          "spec": pod_spec},
         },
     }

@@ -16,9 +16,9 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from kontinual.common.names import MODEL_LABEL, TRAIN_REQUEST_ANNOTATION, VERSION_LABEL
+from kontinual.common.names import MODEL_LABEL, TRAIN_REQUEST_ANNOTATION, TRIGGER_ANNOTATION, VERSION_LABEL
 from kontinual.controller import decisions, jobs, k8s, polling
-from kontinual.common.contract import ResultError, TrainingResult
+from kontinual.common.contract import RESULT_FILE, ResultError, TrainingResult
 from kontinual.controller.polling import PollRequest
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
@@ -53,21 +53,34 @@ def _job_version(job: Mapping[str, Any]) -> int:
     return int(job["metadata"].get("labels", {}).get(VERSION_LABEL, "0") or 0)
 
 
-def read_result(job: Mapping[str, Any], outcome: str) -> TrainingResult:
-    """The trainer's result from the newest pod's termination message (never from logs alone)."""
+def _run_job(job: Mapping[str, Any]) -> decisions.RunJob:
+    meta = job["metadata"]
+    notes = meta.get("annotations") or {}
+    return decisions.RunJob(name=meta["name"], uid=meta.get("uid") or "", version=_job_version(job),
+                            created=meta.get("creationTimestamp"), trigger=notes.get(TRIGGER_ANNOTATION),
+                            train_request=notes.get(TRAIN_REQUEST_ANNOTATION))
+
+
+def _termination_message(job: Mapping[str, Any], container: str) -> str:
+    """The newest pod's termination message of `container` ('' when no pod of the Job has one)."""
     meta = job["metadata"]
     pods = [p for p in k8s.list_objects("Pod", meta["namespace"], f"job-name={meta['name']}")
             if _owned_by(p, meta.get("uid", ""))]
     pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    message = ""
     for pod in reversed(pods):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated") or {}
-            if cs.get("name") == "trainer" and terminated.get("message"):
-                message = terminated["message"]
-                break
-        if message:
-            break
+            if cs.get("name") == container and terminated.get("message"):
+                return str(terminated["message"])
+    return ""
+
+
+def read_result(job: Mapping[str, Any], outcome: str) -> TrainingResult | None:
+    """The trainer's result from the newest pod's termination message (never from logs alone).
+
+    None for a completed Job whose pods are gone: its result is on the model claim (read_from_claim).
+    """
+    message = _termination_message(job, "trainer")
     if message:
         try:
             return TrainingResult.from_json(message, strict=False)
@@ -81,19 +94,56 @@ def read_result(job: Mapping[str, Any], outcome: str) -> TrainingResult:
     if outcome == "Failed":
         return TrainingResult.failed(reason or "JobFailed", f"the training Job failed ({reason or 'no reason given'}) "
                                      "and its pod left no result")
-    return TrainingResult.failed("ResultMissing", "the training Job completed but its pod left no result")
+    return None
 
 
-def _record(spec: Spec, state: LoopState, job: Mapping[str, Any], outcome: str, now: str) -> None:
-    version, name = _job_version(job), job["metadata"]["name"]
-    result = read_result(job, outcome)
-    status = job.get("status") or {}
-    finished = status.get("completionTime") or now
-    started = status.get("startTime") or (state.training.get("lastRun") or {}).get("startedAt")
+def read_from_claim(spec: Spec, settings: Settings, state: LoopState, version: int,
+                    why: str) -> tuple[bool, TrainingResult | None]:
+    """(done, result) of reading v<N>/result.json from the model claim with the reader Job NAME-result-<N>.
+
+    Not done while the reader runs (it is created on the first call); done with None when the
+    claim has no result (the reader failed or printed nothing).
+    """
+    reader = jobs.result_reader_job(spec, settings, version)
+    name = str(reader["metadata"]["name"])
+    existing = k8s.get("Job", spec.namespace, name)
+    if existing is None:
+        try:
+            if k8s.create(reader) is not None:
+                state.events.append(("Normal", "ReadingResult", f"{why}; reading v{version}/{RESULT_FILE} from "
+                                     f"the model claim with {name}"))
+        except ApiException as exc:
+            state.events.append(("Warning", "ResultReadFailed", f"creating {name} failed: {k8s.api_error(exc)}"))
+        except k8s.ChildConflict as exc:  # someone else's Job has the reader's name: the claim cannot be read
+            state.events.append(("Warning", "ChildConflict", str(exc)))
+            return True, None
+        return False, None
+    if not _owned_by(existing, spec.uid):
+        return True, None
+    outcome = _finished(existing)
+    if outcome is None:
+        return False, None
+    message = _termination_message(existing, jobs.RESULT_READER) if outcome == "Complete" else ""
+    if not message:
+        return True, None
+    try:
+        return True, TrainingResult.from_json(message, strict=False)
+    except ResultError as exc:
+        return True, TrainingResult.failed("ResultInvalid", f"v{version}/{RESULT_FILE} on the claim is not valid: {exc}")
+
+
+def _record(spec: Spec, state: LoopState, run: decisions.RunJob, result: TrainingResult, now: str,
+            job_status: Mapping[str, Any]) -> None:
+    version, name = run.version, run.name
+    finished = job_status.get("completionTime") or now
+    previous = state.training.get("lastRun") or {}
+    same = previous.get("version") == version
+    started = job_status.get("startTime") or (previous.get("startedAt") if same else run.created)
     last = {"job": name, "version": version, "startedAt": started, "finishedAt": finished,
             "result": result.status, "reason": result.reason, "message": result.message,
-            "trigger": (state.training.get("lastRun") or {}).get("trigger")}
+            "trigger": previous.get("trigger") if same else run.trigger}
     state.training["lastRun"] = last
+    state.training["recordedJobs"] = decisions.recorded_jobs(state.training, run.uid)
     if not result.succeeded:
         state.events.append(("Warning", "TrainingFailed", f"{name}: {result.reason}: {result.message}"))
         state.conditions.append(Condition(DEGRADED, True, result.reason or "TrainingFailed",
@@ -113,10 +163,48 @@ def _record(spec: Spec, state: LoopState, job: Mapping[str, Any], outcome: str, 
                                           f"v{version} not promoted: {verdict.message}; the previous model keeps serving"))
 
 
-def _already_recorded(state: LoopState, version: int) -> bool:
-    last = state.training.get("lastRun") or {}
-    return any(m.get("version") == version for m in state.models) or (
-        last.get("version") == version and bool(last.get("finishedAt")))
+RUN_VANISHED = "RunVanished"
+
+
+def _observe(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[Mapping[str, Any]],
+             stamp: str) -> str | None:
+    """Adopt, record or keep waiting for every owned training Job, and settle a run whose Job vanished.
+
+    Returns what keeps the loop busy (a running Job, or a result still being read from the claim).
+    """
+    busy = None
+    for job in owned:  # a Job above every version status knows: this CR's run, whose status write was lost
+        state.training.update(decisions.adopted_fields(state.training, state.models, _run_job(job)))
+    for job in owned:
+        run, outcome = _run_job(job), _finished(job)
+        if outcome is None:
+            busy = state.training["activeJob"] = run.name
+            continue
+        if decisions.is_recorded(state.training, state.models, run):
+            continue
+        result = read_result(job, outcome)
+        if result is None:
+            done, result = read_from_claim(spec, settings, state, run.version, f"{run.name} completed but its pod is gone")
+            if not done:
+                busy = busy or run.name
+                continue
+            result = result or TrainingResult.failed(
+                "ResultMissing", f"the training Job completed but its pod is gone and the model claim has no "
+                f"v{run.version}/{RESULT_FILE}")
+        _record(spec, state, run, result, stamp, job.get("status") or {})
+    unfinished = decisions.unfinished_run(state.training)
+    if unfinished is not None and unfinished[1] not in {_job_version(j) for j in owned}:
+        name, version = unfinished
+        done, result = read_from_claim(spec, settings, state, version, f"the training Job {name} is gone")
+        if not done:
+            return busy or name
+        run = decisions.RunJob(name=name, uid="", version=version)
+        if result is None:
+            message = (f"training run v{version} vanished: its Job {name} is gone and the model claim has no "
+                       f"v{version}/{RESULT_FILE}; the previous model keeps serving")
+            result = TrainingResult.failed(RUN_VANISHED, message)
+        _record(spec, state, run, result, stamp, {})
+    return busy
 
 
 def _poll_request(spec: Spec) -> PollRequest:
@@ -158,27 +246,26 @@ def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str],
     owned = [j for j in k8s.list_objects("Job", spec.namespace, f"{VERSION_LABEL},{MODEL_LABEL}={spec.name}")
              if _owned_by(j, spec.uid) and _job_version(j)]
     owned.sort(key=_job_version)
-    active = None
-    for job in owned:
-        outcome = _finished(job)
-        if outcome is None:
-            active = job["metadata"]["name"]
-        elif not _already_recorded(state, _job_version(job)):
-            _record(spec, state, job, outcome, stamp)
+    state.training["activeJob"] = None
+    busy = _observe(spec, state, settings, owned, stamp)
+    active = state.training.get("activeJob")
 
     labeled = _take_poll(spec, state, settings, now)
     triggers = decisions.evaluate_triggers(spec, state.training, now=now, labeled=labeled,
                                       train_request=annotations.get(TRAIN_REQUEST_ANNOTATION))
     state.training.update(triggers.fields)
     wanted = "; ".join(triggers.reasons) or state.training.get("pending")
-    if active is None and wanted:
-        active = _start(spec, state, settings, owned, str(wanted), stamp)
-    elif active is not None and triggers.reasons:
+    if busy is None and wanted:
+        active = busy = _start(spec, state, settings, owned, str(wanted), stamp)
+    elif busy is not None and triggers.reasons:
         state.training["pending"] = wanted  # served once after the running Job, never stacked
-        state.events.append(("Normal", "TrainingQueued", f"{wanted}; waits for {active}"))
+        state.events.append(("Normal", "TrainingQueued", f"{wanted}; waits for {busy}"))
     state.training["activeJob"] = active
     if active:
         state.conditions.append(Condition(TRAINING, True, "JobRunning", f"{active} is training"))
+    elif busy:
+        state.conditions.append(Condition(TRAINING, True, "ReadingResult",
+                                          f"reading the result of {busy} from the model claim"))
     else:
         last = state.training.get("lastRun") or {}
         state.conditions.append(Condition(TRAINING, False, "Idle", f"last run: {last.get('job')} {last.get('result')}"
@@ -194,8 +281,10 @@ def _start(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[Map
     serving = decisions.serving_model(spec, state.models)
     base = (serving or {}).get("version")
     labeled_at_last_run = state.training.get("labeledImagesAtLastRun")
+    request = state.training.get("lastTrainRequest")
+    notes = {TRIGGER_ANNOTATION: reason[:1000], **({TRAIN_REQUEST_ANNOTATION: str(request)} if request else {})}
     job = jobs.training_job(spec, settings, version=version, base_weights=base,
-                            baseline=jobs.Baseline.of(spec, serving),
+                            baseline=jobs.Baseline.of(spec, serving), annotations=notes,
                             labeled_at_last_run=int(labeled_at_last_run) if labeled_at_last_run is not None else None)
     name = str(job["metadata"]["name"])
     try:
@@ -209,7 +298,7 @@ def _start(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[Map
         state.events.append(("Warning", "ChildConflict", str(exc)))
         state.conditions.append(Condition(DEGRADED, True, "ChildConflict", f"training run v{version} not started: {exc}"))
         return None
-    state.training.update(runs=int(state.training.get("runs") or 0) + 1, pending=None,
+    state.training.update(runs=int(state.training.get("runs") or 0) + 1, pending=None, highestVersion=version,
                           lastRun={"job": name, "version": version, "startedAt": stamp, "trigger": reason})
     if state.training.get("lastLabeledImages") is not None:
         state.training["labeledImagesAtLastRun"] = state.training["lastLabeledImages"]

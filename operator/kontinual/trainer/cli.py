@@ -28,7 +28,7 @@ new version) -> download the Roboflow dataset version (or read --dataset-dir) ->
 train with the recipe -> export ONNX (input [1,3,S,S]) -> check it in onnxruntime and DeepSparse ->
 evaluate mAP50 / mAP50-95 of the ONNX on the test split (valid if there is none), and the
 --baseline-model on the same split -> write
-<output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json}} (built in
+<output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json, result.json}} (built in
 <output-dir>/.v<N>.tmp-<random>, renamed when complete) -> write the result JSON to --result-file.
 
 Every flag --foo-bar can also be set by the environment variable {ENV_PREFIX}FOO_BAR (a flag wins).

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from kontinual.common.contract import SUCCEEDED, TrainingResult
+from kontinual.common.contract import RESULT_FILE, SUCCEEDED, TrainingResult
 from kontinual.trainer.errors import INVALID_ARGUMENTS, TrainingError
 
 if TYPE_CHECKING:
@@ -137,15 +137,19 @@ def run(args: argparse.Namespace) -> TrainingResult:
         from kontinual.trainer.artifacts import sha256
 
         digest = sha256(onnx_path)
-        final = folder.commit()
-        _LOG.info("version %d complete in %s: mAP50 %.4f mAP50-95 %.4f sparsity %.3f%s", args.version, final,
-                  metrics["mAP50"], metrics["mAP50_95"], overall, " INT8" if checks["quantized_ops"] else "")
-        return TrainingResult(
+        result = TrainingResult(
             status=SUCCEEDED, version=args.version, onnx=f"v{args.version}/model.onnx", sha256=digest,
             metrics={"mAP50": metrics["mAP50"], "mAP50_95": metrics["mAP50_95"]}, sparsity=round(overall, 4),
             datasetVersion=data.version, images={k: v for k, v in data.images.items()},
             classNames=list(data.names), baseline=baseline, evaluatedOn=evaluated_on, datasetGenerated=generated,
         )
+        # The same JSON as the termination message, inside the folder before the rename: a result that
+        # survives its pod (the operator reads it from the claim when the pod or the Job is gone).
+        folder.file(RESULT_FILE).write_text(result.to_json())
+        final = folder.commit()
+        _LOG.info("version %d complete in %s: mAP50 %.4f mAP50-95 %.4f sparsity %.3f%s", args.version, final,
+                  metrics["mAP50"], metrics["mAP50_95"], overall, " INT8" if checks["quantized_ops"] else "")
+        return result
     finally:
         folder.discard()
         shutil.rmtree(work, ignore_errors=True)
