@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     op.add_argument("--health-port", type=int, default=None,
                     help="liveness endpoint port (GET /healthz); default: KONTINUAL_HEALTH_PORT or 8080")
+    op.add_argument("--metrics-port", type=int, default=None,
+                    help="Prometheus metrics port (GET /metrics), 0 for none; default: KONTINUAL_METRICS_PORT or 9102")
 
     render = sub.add_parser("render", help="print the children the operator would create for a ContinualModel")
     render.add_argument("-f", "--filename", required=True, help="the ContinualModel YAML ('-' for stdin)")
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return render_main(args.filename, training_job=args.training_job)
     from kontinual.controller.handlers import run_operator
 
-    return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port)
+    return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port,
+                        metrics_port=args.metrics_port)
 
 
 if __name__ == "__main__":

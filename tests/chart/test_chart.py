@@ -26,7 +26,7 @@ def test_default_render_is_valid_cluster_wide_install() -> None:
     assert validation_errors(manifests) == []
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-                     "ServiceAccount"]
+                     "Service", "ServiceAccount"]  # the Service: the operator's metrics
     assert by_kind(manifests, "Role") == [] and by_kind(manifests, "RoleBinding") == []
     binding = one(manifests, "ClusterRoleBinding")
     sa = one(manifests, "ServiceAccount")

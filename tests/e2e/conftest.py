@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import pytest
 import yaml
 from kubernetes import config
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.build import ToolchainUnavailable, ensure_binaries
 from tests.cluster.plane import (ControlPlane, ControlPlaneFailed, down, exit_with_parent, free_port,
@@ -109,9 +110,17 @@ class Operator:
     log: Path
     service_account: str
     health_port: int = 0
+    metrics_port: int = 0
 
     def log_text(self, offset: int = 0) -> str:
         return self.log.read_text(errors="replace")[offset:]
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """One scrape of `GET /metrics`: (sample name, its labels) -> value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +138,7 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
     kubeconfig = workdir / "operator.kubeconfig"
     kubeconfig.write_text(kubeconfig_text(cluster.server, cluster.ca_file, {"token": token},
                                           f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}"))
-    health = free_port()
+    health, metrics = free_port(), free_port()  # never fixed ports: several operators may run on this machine
     log_path = workdir / "operator.log"
     console = Path(sys.executable).parent / "kontinual"
     command = [str(console)] if console.exists() else [sys.executable, "-m", "kontinual"]
@@ -137,6 +146,7 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
            "KONTINUAL_SERVER_IMAGE": "kontinual/server:e2e", "KONTINUAL_TRAINER_IMAGE": "kontinual/trainer:e2e",
            # Every reaction these tests wait for must come from a watch event, not the periodic repair.
            "KONTINUAL_RESYNC_SECONDS": "3600", "KONTINUAL_HEALTH_HOST": "127.0.0.1",
+           "KONTINUAL_METRICS_PORT": str(metrics),
            **getattr(request.module, "OPERATOR_ENV", {})}  # a module's own knobs, e.g. poll intervals
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
@@ -144,7 +154,7 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
         process = subprocess.Popen([*command, "operator", *scope, "--health-port", str(health)],
                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
                                    preexec_fn=exit_with_parent)
-    handle = Operator(process, log_path, account, health)
+    handle = Operator(process, log_path, account, health, metrics)
     try:
         wait_for("the operator's liveness endpoint", lambda: operator_alive(handle, health), timeout=60,
                  diagnose=lambda: handle.log_text()[-3000:])

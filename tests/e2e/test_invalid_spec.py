@@ -47,6 +47,9 @@ def test_the_reason_is_on_the_object_and_in_an_event(cluster: Cluster, kontinual
         if e.involved_object.name == NAME and e.reason == "InvalidSpec"])
     assert events[0].type == "Warning" and MISSING in events[0].message
     assert not cluster.apps.list_namespaced_deployment(NAMESPACE).items, "children built from an invalid spec"
+    invalid = ("kontinual_operator_reconcile_errors_total",
+               frozenset({("namespace", NAMESPACE), ("name", NAME), ("kind", "invalid_spec")}))
+    assert kontinual.metrics().get(invalid, 0) >= 1  # what an alert on failing reconciles would see
 
 
 def test_fixing_the_spec_recovers_without_a_restart(cluster: Cluster, kontinual: Operator,

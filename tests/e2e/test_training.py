@@ -184,6 +184,33 @@ def test_a_failed_run_reports_the_trainers_reason(cluster: Cluster, kontinual: O
     assert {"TrainingStarted", "TrainingSucceeded", "ModelPromoted", "TrainingFailed"} <= reasons
 
 
+def model_series(kontinual: Operator) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """This model's series in one scrape of the operator's metrics, without its namespace and name labels."""
+    mine = {("namespace", NAMESPACE), ("name", NAME)}
+    return {(metric, labels - mine): value for (metric, labels), value in kontinual.metrics().items()
+            if mine <= labels}
+
+
+def test_the_operators_metrics_count_runs_gates_and_reconciles(cluster: Cluster, kontinual: Operator,
+                                                               model: dict[str, Any]) -> None:
+    series = model_series(kontinual)
+    none: frozenset[tuple[str, str]] = frozenset()
+    assert series[("kontinual_operator_training_runs_started_total", none)] == 3
+    assert series[("kontinual_operator_training_runs_total", frozenset({("result", "succeeded")}))] == 2
+    assert series[("kontinual_operator_training_runs_total", frozenset({("result", "failed")}))] == 1
+    assert series[("kontinual_operator_gate_decisions_total", frozenset({("result", "promoted")}))] == 1
+    assert series[("kontinual_operator_gate_decisions_total", frozenset({("result", "rejected")}))] == 1
+    assert series[("kontinual_operator_promotions_total", none)] == 1
+    assert series[("kontinual_operator_serving_model_version", none)] == 1
+    ok = ("kontinual_operator_reconciles_total", frozenset({("result", "ok")}))
+    before = kontinual.metrics()[ok]
+    assert before >= 6 and kontinual.metrics()[("kontinual_operator_reconcile_duration_seconds_count", none)] >= before
+    request_training(cluster, "metrics")  # one more reconcile (and run) moves the counters
+    wait_for("the reconcile counter to move", lambda: kontinual.metrics()[ok] > before)
+    wait_for("a fourth run to be counted", lambda: model_series(kontinual).get(
+        ("kontinual_operator_training_runs_started_total", none)) == 4)
+
+
 def test_the_api_key_appears_nowhere_but_its_secret(cluster: Cluster, kontinual: Operator,
                                                     model: dict[str, Any]) -> None:
     config_maps = cluster.core.list_namespaced_config_map(NAMESPACE).items
@@ -203,3 +230,4 @@ def test_deleting_the_model_removes_jobs_and_pods(cluster: Cluster, kontinual: O
                 and not cluster.apps.list_namespaced_deployment(NAMESPACE).items
                 and not [p for p in cluster.core.list_namespaced_pod(NAMESPACE).items])
     wait_for("the garbage collector to delete the Jobs, the Deployment and their pods", gone, timeout=120)
+    assert wait_for("the deleted model's metrics series to go", lambda: not model_series(kontinual))

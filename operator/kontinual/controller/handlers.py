@@ -13,6 +13,7 @@ import kopf
 
 from kontinual.common.names import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, PLURAL, VERSION
 from kontinual.controller import decisions, k8s, polling
+from kontinual.controller.metrics import METRICS, serve
 from kontinual.controller.operator_logging import setup_logging
 from kontinual.controller.reconcile import Outcome, forget, reconcile
 from kontinual.controller.settings import Settings
@@ -83,15 +84,27 @@ def _reconcile(body: Any) -> Outcome | None:
     """Reconcile, note when, raise the outcome's Events; None when the object is gone or going."""
     token = next(_State.tokens)
     _State.running[token] = time.monotonic()
+    started = time.monotonic()
     try:
         outcome = reconcile(body, _State.settings)
     finally:
         _State.running.pop(token, None)
     if outcome.body is None:
         return None
+    _count(outcome, time.monotonic() - started)
     _State.last_reconciled[outcome.body["metadata"]["uid"]] = time.monotonic()
     _emit(outcome.body, outcome)
     return outcome
+
+
+def _count(outcome: Outcome, seconds: float) -> None:
+    assert outcome.body is not None
+    meta = outcome.body["metadata"]
+    namespace, name = meta.get("namespace") or "", meta["name"]
+    METRICS.reconciled(namespace, name, seconds=seconds, invalid=bool(outcome.invalid), error=bool(outcome.error))
+    METRICS.events(namespace, name, (reason for _, reason, _ in outcome.events))
+    if outcome.status is not None:
+        METRICS.model_state(namespace, name, outcome.status)
 
 
 def _run(body: kopf.Body, *, announce: bool) -> None:
@@ -119,6 +132,7 @@ def on_delete(name: str, namespace: str | None, uid: str, **_: Any) -> None:
     # Children go with the owner (ownerReferences); only our in-memory bookkeeping is ours to drop.
     if namespace:
         forget(namespace, name)
+        METRICS.forget(namespace, name)
     _State.last_reconciled.pop(uid, None)
     poller = polling.current()
     if poller is not None:
@@ -205,17 +219,26 @@ def on_simple_child(event: kopf.RawEvent, namespace: str | None, labels: Mapping
         _on_child(namespace, labels)
 
 
-def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int | None) -> int:
+def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int | None,
+                 metrics_port: int | None = None) -> int:
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
+    port = settings.health_port if health_port is None else health_port
+    metrics = settings.metrics_port if metrics_port is None else metrics_port
+    try:
+        Settings.check_ports(port, metrics)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         k8s.load_config()
     except Exception as exc:  # noqa: BLE001 - any config failure: say it once and exit, no crash loop of tracebacks
         log.error("no Kubernetes API to talk to: %s (set KUBECONFIG, or run in a pod with a ServiceAccount)", exc)
         return 1
     watched = [] if all_namespaces else (namespaces or list(settings.watch_namespaces))
-    port = health_port or settings.health_port
     log.info("watching %s", ", ".join(watched) if watched else "all namespaces")
+    if metrics:
+        serve(settings.health_host, metrics)
     kopf.run(
         registry=registry,
         clusterwide=not watched,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kontinual.controller import k8s
+from kontinual.controller.metrics import METRICS
 from kontinual.common.names import SECRET_LABEL
 from kontinual.common.roboflow import RoboflowClient, RoboflowError, redact
 
@@ -95,10 +96,13 @@ class Poller:
         return True
 
     def _work(self, request: PollRequest) -> None:
+        started = time.monotonic()
         with self._lock:
-            self._running[request.uid] = time.monotonic()
+            self._running[request.uid] = started
         try:
             result = poll_once(request, self.deadline)
+            METRICS.polled(request.namespace, request.name, seconds=time.monotonic() - started,
+                           failed=result.error is not None)
             with self._lock:
                 self._results[request.uid] = result
         finally:

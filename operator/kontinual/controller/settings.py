@@ -50,7 +50,10 @@ class Settings:
     stuck_seconds: int = 120  # /healthz fails while a reconcile or a poll has run this long
     resync_seconds: int = 60  # periodic reconcile, repairs drift kopf did not see
     health_port: int = 8080  # liveness endpoint: http://HOST:PORT/healthz
-    health_host: str = "0.0.0.0"  # all interfaces in a pod (the kubelet probes the pod IP)
+    health_host: str = "0.0.0.0"  # all interfaces in a pod (the kubelet probes the pod IP); metrics too
+    # Prometheus metrics: http://HOST:PORT/metrics; 0 turns them off. Not 8081 or another port a
+    # sidecar or a second local operator commonly takes: 9102 sits next to the server pods' 9101.
+    metrics_port: int = 9102
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
     watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
@@ -73,7 +76,7 @@ class Settings:
         zoo = (env.get("KONTINUAL_SPARSEZOO_API_URL") or "").rstrip("/")
         if zoo and not zoo.startswith(("https://", "http://")):
             raise ValueError(f"KONTINUAL_SPARSEZOO_API_URL must be an http(s) URL, got {zoo!r}")
-        return cls(
+        settings = cls(
             sparsezoo_api_url=zoo,
             server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
             trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
@@ -87,7 +90,17 @@ class Settings:
             resync_seconds=_int(env, "KONTINUAL_RESYNC_SECONDS", default.resync_seconds),
             health_port=_int(env, "KONTINUAL_HEALTH_PORT", default.health_port, 1, 65535),
             health_host=env.get("KONTINUAL_HEALTH_HOST") or default.health_host,
+            metrics_port=_int(env, "KONTINUAL_METRICS_PORT", default.metrics_port, 0, 65535),
             log_level=(env.get("KONTINUAL_LOG_LEVEL") or default.log_level).upper(),
             log_format=log_format,
             watch_namespaces=namespaces,
         )
+        settings.check_ports(settings.health_port, settings.metrics_port)
+        return settings
+
+    @staticmethod
+    def check_ports(health_port: int, metrics_port: int) -> None:
+        """The liveness and metrics endpoints are two servers: they cannot share a port."""
+        if metrics_port and metrics_port == health_port:
+            raise ValueError(f"KONTINUAL_METRICS_PORT ({metrics_port}) must differ from the health port "
+                             f"(KONTINUAL_HEALTH_PORT or --health-port, {health_port}); 0 turns metrics off")
