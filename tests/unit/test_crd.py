@@ -189,7 +189,7 @@ def test_minimal_example_is_serve_only_and_gets_the_documented_defaults() -> Non
     assert set(cr["spec"]) == {"model"}
     spec = validate(cr)["spec"]
     assert spec["task"] == "yolo"
-    assert spec["serving"] == {"replicas": 1, "image": "", "port": 5543, "batchSize": 1,
+    assert spec["serving"] == {"replicas": 1, "runtime": "deepsparse", "image": "", "port": 5543, "batchSize": 1,
                                "progressDeadlineSeconds": 600}
     assert spec["storage"] == {"pvc": {"claimName": "", "size": "10Gi",
                                        "accessModes": ["ReadWriteOnce"]}}

@@ -23,6 +23,10 @@ FINALIZER = f"{GROUP}/finalizer"
 
 # The env var the server and trainer pods read the Roboflow API key from (set from a Secret).
 ROBOFLOW_API_KEY_ENV = "ROBOFLOW_API_KEY"
+# spec.serving.runtime: DeepSparse Server, or kserve's ModelServer (kontinual.serving.kserve_runtime) with an engine.
+DEEPSPARSE_RUNTIME = "deepsparse"
+KSERVE_ENGINES = ("openvino", "onnxruntime")
+RUNTIMES = (DEEPSPARSE_RUNTIME, *KSERVE_ENGINES)
 # The interface a server pod's capture metrics listen on (default 0.0.0.0, the pod; tests use 127.0.0.1).
 METRICS_HOST_ENV = "KONTINUAL_METRICS_HOST"
 # Where the trainer writes its result JSON last; the kubelet turns it into the termination message.

@@ -6,15 +6,17 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from kontinual.common.names import (ANNOTATION_CONFIG_HASH, ANNOTATION_MODEL_VERSION, GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL,
-                                    MODEL_LABEL, MOUNTS_MODELS_LABEL, ROBOFLOW_API_KEY_ENV, VERSION)
+from kontinual.common.names import (ANNOTATION_CONFIG_HASH, ANNOTATION_MODEL_VERSION, DEEPSPARSE_RUNTIME, GROUP, KIND,
+                                    MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MOUNTS_MODELS_LABEL, ROBOFLOW_API_KEY_ENV,
+                                    VERSION)
 from kontinual.common import yamlio
 from kontinual.common.classnames import COCO_NAMES, same_classes
-from kontinual.controller.capture_config import render_logging
+from kontinual.controller.capture_config import capture_settings, render_logging
 from kontinual.controller.settings import Settings
-from kontinual.controller.spec import ModelSource, Spec
+from kontinual.controller.spec import DataLogging, ModelSource, Spec
 
 CONFIG_DIR = "/etc/kontinual"
+KSERVE_RUNTIME_MODULE = "kontinual.serving.kserve_runtime"  # images/server-openvino runs it
 CONFIG_FILE = "server.yaml"
 MODELS_MOUNT = "/models"
 MODEL_CACHE = "/model-cache"
@@ -117,9 +119,39 @@ def server_url(spec: Spec) -> str:
     return f"http://{spec.name}-server.{spec.namespace}.svc:{spec.serving.port}/v2/models/{spec.name}/infer/from_files"
 
 
+def _capture_data(spec: Spec, target: ModelTarget) -> DataLogging | None:
+    """spec.dataLogging for this model: pre-annotations only while its classes are the Roboflow project's."""
+    data = spec.data_logging
+    if data and data.upload_predictions and not same_classes(target.class_names, spec.class_names):
+        # Boxes of classes the Roboflow project does not have would be wrong pre-annotations.
+        data = replace(data, upload_predictions=False)
+    return data
+
+
+def kserve_config(spec: Spec, target: ModelTarget) -> dict[str, Any]:
+    """The kserve runtime's server.yaml (kontinual.serving.kserve_runtime.read_config). Never holds a secret."""
+    config: dict[str, Any] = {
+        "runtime": spec.serving.runtime,
+        "name": spec.name,
+        "model": model_path(target.source),
+        "batch_size": spec.serving.batch_size,
+    }
+    if target.class_names:
+        config["class_names"] = list(target.class_names)  # the full list: no built-in "coco" here
+    if spec.serving.num_cores:
+        config["num_cores"] = spec.serving.num_cores
+    data = _capture_data(spec, target)
+    if data:
+        config["capture"] = capture_settings(data, endpoint=spec.name, model_version=str(target.version),
+                                             class_names=target.class_names)
+    return config
+
+
 def server_config(spec: Spec, target: ModelTarget | None = None) -> dict[str, Any]:
-    """The DeepSparse 1.8.0 server config (server.yaml). Never holds a secret."""
+    """server.yaml for spec.serving.runtime: the DeepSparse 1.8.0 server config, or the kserve runtime's."""
     target = target or ModelTarget.seed(spec)
+    if spec.serving.runtime != DEEPSPARSE_RUNTIME:
+        return kserve_config(spec, target)
     endpoint: dict[str, Any] = {
         "task": spec.task,
         "name": spec.name,
@@ -137,11 +169,8 @@ def server_config(spec: Spec, target: ModelTarget | None = None) -> dict[str, An
     if spec.serving.num_cores:
         config["num_cores"] = spec.serving.num_cores
     config["endpoints"] = [endpoint]
-    if spec.data_logging:
-        data = spec.data_logging
-        if data.upload_predictions and not same_classes(target.class_names, spec.class_names):
-            # Boxes of classes the Roboflow project does not have would be wrong pre-annotations.
-            data = replace(data, upload_predictions=False)
+    data = _capture_data(spec, target)
+    if data:
         loggers, data_logging = render_logging(
             data, endpoint=spec.name, model_version=str(target.version), class_names=target.class_names
         )
@@ -286,18 +315,48 @@ def _model_volumes(spec: Spec, target: ModelTarget, image: str) -> tuple[Objects
     return [], [], []
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What differs between the serving runtimes in the server container; everything else is shared."""
+
+    image: str
+    command: list[str]
+    env: list[dict[str, Any]]
+    ready_path: str
+
+
+def runtime(spec: Spec, settings: Settings) -> Runtime:
+    """spec.serving.runtime -> the server container's image, command, env and readiness path."""
+    serving, config_file = spec.serving, f"{CONFIG_DIR}/{CONFIG_FILE}"
+    if serving.runtime == DEEPSPARSE_RUNTIME:
+        return Runtime(
+            image=serving.image or settings.server_image,
+            command=["deepsparse.server", "--config-file", config_file, "--host", "0.0.0.0", "--port", str(serving.port)],
+            env=[
+                {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
+                {"name": "HOME", "value": "/tmp"},  # caches (sparsezoo stubs) go to the writable emptyDir
+                *sparsezoo_env(settings),  # DeepSparse resolves zoo: models itself
+            ],
+            ready_path="/v2/health/ready",
+        )
+    # kserve's /v2/health/ready is true once it listens; the model's own ready route says what we mean.
+    return Runtime(
+        image=serving.image or settings.openvino_server_image,
+        command=["python", "-m", KSERVE_RUNTIME_MODULE, "--config-file", config_file, "--http_port", str(serving.port)],
+        env=[{"name": "HOME", "value": "/tmp"}],
+        ready_path=f"/v2/models/{spec.name}/ready",
+    )
+
+
 def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None,
                config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The DeepSparse Server Deployment; the pod-template annotations roll it on model or config change."""
+    """The server Deployment (spec.serving.runtime's); the pod-template annotations roll it on model or config change."""
     target = target or ModelTarget.seed(spec)
     config = config or config_map(spec, target)
     serving = spec.serving
-    image = serving.image or settings.server_image
-    env: list[dict[str, Any]] = [
-        {"name": "NM_DISABLE_ANALYTICS", "value": "1"},
-        {"name": "HOME", "value": "/tmp"},  # caches (sparsezoo stubs) go to the writable emptyDir
-        *sparsezoo_env(settings),  # DeepSparse resolves zoo: models itself
-    ]
+    chosen = runtime(spec, settings)
+    image = chosen.image
+    env: list[dict[str, Any]] = list(chosen.env)
     ports = [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}]
     if spec.data_logging:
         ref = spec.data_logging.roboflow.api_key
@@ -315,12 +374,11 @@ def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None
     container = {
         "name": "server",
         "image": image,
-        "command": ["deepsparse.server", "--config-file", f"{CONFIG_DIR}/{CONFIG_FILE}",
-                    "--host", "0.0.0.0", "--port", str(serving.port)],
+        "command": chosen.command,
         "ports": ports,
         "env": env,
         "resources": dict(serving.resources) or DEFAULT_SERVER_RESOURCES,
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "readinessProbe": _probe(chosen.ready_path, period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         "startupProbe": _probe("/v2/health/live", period=STARTUP_PERIOD_SECONDS, failures=STARTUP_FAILURES),
         "volumeMounts": mounts,

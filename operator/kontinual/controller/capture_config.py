@@ -42,13 +42,11 @@ def plugin_file() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "serving" / "deepsparse_plugin.py")
 
 
-def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: str,
-                   class_names: tuple[str, ...], logger_file: str | None = None
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the server config's top-level `loggers` mapping, the endpoint's `data_logging` mapping)."""
+def capture_settings(data_logging: DataLogging, *, endpoint: str, model_version: str,
+                     class_names: tuple[str, ...]) -> dict[str, Any]:
+    """The capture core's keywords, for both runtimes: the DeepSparse logger's and the kserve runtime's `capture`."""
     rf = data_logging.roboflow
-    logger: dict[str, Any] = {
-        "path": f"{logger_file or plugin_file()}:{LOGGER_CLASS}",
+    return {
         "endpoint": endpoint,
         "model_version": str(model_version),
         "workspace": rf.workspace,
@@ -64,6 +62,16 @@ def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: s
         "queue_size": int(data_logging.queue_size),
         "metrics_port": int(data_logging.metrics_port),
         "api_key_env": API_KEY_ENV,
+    }
+
+
+def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: str,
+                   class_names: tuple[str, ...], logger_file: str | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the DeepSparse server config's top-level `loggers` mapping, the endpoint's `data_logging` mapping)."""
+    logger: dict[str, Any] = {
+        "path": f"{logger_file or plugin_file()}:{LOGGER_CLASS}",
+        **capture_settings(data_logging, endpoint=endpoint, model_version=model_version, class_names=class_names),
     }
     every_call = [{"func": "identity", "frequency": 1, "target_loggers": [LOGGER_NAME]}]
     targets: dict[str, Any] = {"pipeline_inputs": every_call}

@@ -37,6 +37,8 @@ class Settings:
     """Defaults the ContinualModel spec can override, and the operator's own knobs."""
 
     server_image: str = f"kontinual/server:{__version__}"
+    # spec.serving.runtime openvino/onnxruntime: kserve's ModelServer (images/server-openvino, Apache-2.0 throughout).
+    openvino_server_image: str = f"kontinual/server-openvino:{__version__}"
     trainer_image: str = f"kontinual/trainer:{__version__}"
     roboflow_api_url: str = "https://api.roboflow.com"  # the default of spec.*.roboflow.apiUrl; always allowed
     # Further Roboflow API base URLs a ContinualModel may name (the key is sent there): the admin's
@@ -79,6 +81,7 @@ class Settings:
         settings = cls(
             sparsezoo_api_url=zoo,
             server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
+            openvino_server_image=env.get("KONTINUAL_SERVER_OPENVINO_IMAGE") or default.openvino_server_image,
             trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
             roboflow_api_url=api_url,
             roboflow_api_urls=_urls(env, "KONTINUAL_ROBOFLOW_API_URLS"),

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from croniter import croniter
 
 from kontinual.common.classnames import seed_names
+from kontinual.common.names import DEEPSPARSE_RUNTIME, RUNTIMES
 from kontinual.controller.settings import Settings
 from kontinual.controller.specfields import NAME_RE, Reader, SecretKeyRef, SpecError
 
@@ -101,6 +102,7 @@ class Autoscaling:
 @dataclass(frozen=True)
 class Serving:
     replicas: int = 1
+    runtime: str = DEEPSPARSE_RUNTIME  # common.names.RUNTIMES
     image: str = ""
     port: int = DEFAULT_PORT
     batch_size: int = 1
@@ -267,6 +269,7 @@ def _serving(r: Reader) -> Serving:
     resources = r.mapping("resources")
     return Serving(
         replicas=r.req_int("replicas", 1, minimum=0),
+        runtime=r.enum("runtime", DEEPSPARSE_RUNTIME, RUNTIMES),
         image=r.text("image"),
         port=r.req_int("port", DEFAULT_PORT, minimum=1, maximum=65535),
         batch_size=r.req_int("batchSize", 1, minimum=1),
@@ -461,6 +464,10 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
                         f"{model.scheme}: an ONNX model cannot be trained on); set it to {BASE_WEIGHTS_FORMS}")
     storage = _storage(r.sub("storage"), name)
     serving = _serving(r.sub("serving"))
+    if serving.runtime != DEEPSPARSE_RUNTIME and model.scheme == "zoo":
+        raise SpecError(f"spec.model.uri {model.uri!r} is a SparseZoo stub, which only DeepSparse resolves; "
+                        f"spec.serving.runtime {serving.runtime} serves an ONNX file: use https://..., "
+                        "pvc://<claim>/<path> or file:///<path>, or runtime deepsparse")
     if logging and logging.metrics_port == serving.port:
         raise SpecError(f"spec.dataLogging.metricsPort must differ from spec.serving.port (both are {serving.port}): "
                         "the server pod listens for inference and for metrics on separate ports")

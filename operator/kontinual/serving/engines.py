@@ -8,7 +8,9 @@ from typing import Iterable, Protocol
 
 import numpy
 
-ENGINES = ("openvino", "onnxruntime")
+from kontinual.common.names import KSERVE_ENGINES
+
+ENGINES = KSERVE_ENGINES
 
 
 class Engine(Protocol):
