@@ -111,6 +111,7 @@ def test_rendered_environment_parses_into_operator_settings() -> None:
     assert settings.watch_namespaces == ("team-a",)
     assert settings.log_format == "json"
     assert settings.server_image == "kontinual/server:0.1.0"
+    assert settings.openvino_server_image == "kontinual/server-openvino:0.1.0"
     assert settings.roboflow_poll_seconds == 300
     known = {f"KONTINUAL_{name.upper()}" for name in Settings.__dataclass_fields__}
     assert set(env) <= known, f"chart sets variables the operator does not read: {set(env) - known}"

@@ -147,7 +147,7 @@ def test_an_unknown_runtime_names_the_choices() -> None:
 
 
 def test_settings_read_the_runtime_image_from_the_environment() -> None:
-    settings = Settings.from_env({"KONTINUAL_SERVER_OPENVINO_IMAGE": "registry.local/ov:9"})
+    settings = Settings.from_env({"KONTINUAL_OPENVINO_SERVER_IMAGE": "registry.local/ov:9"})
     assert settings.openvino_server_image == "registry.local/ov:9"
     assert Settings.from_env({}).openvino_server_image.startswith("kontinual/server-openvino:")
 

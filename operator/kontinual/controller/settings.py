@@ -81,7 +81,7 @@ class Settings:
         settings = cls(
             sparsezoo_api_url=zoo,
             server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
-            openvino_server_image=env.get("KONTINUAL_SERVER_OPENVINO_IMAGE") or default.openvino_server_image,
+            openvino_server_image=env.get("KONTINUAL_OPENVINO_SERVER_IMAGE") or default.openvino_server_image,
             trainer_image=env.get("KONTINUAL_TRAINER_IMAGE") or default.trainer_image,
             roboflow_api_url=api_url,
             roboflow_api_urls=_urls(env, "KONTINUAL_ROBOFLOW_API_URLS"),
