@@ -200,3 +200,58 @@ def test_the_roboflow_allow_list_reaches_the_operator_and_the_operator_reads_it(
     assert env["KONTINUAL_ROBOFLOW_API_URLS"] == "https://rf.internal,http://10.0.0.5:8080"
     assert Settings.from_env(env).allowed_roboflow_urls == (
         "https://api.roboflow.com", "https://rf.internal", "http://10.0.0.5:8080")
+
+
+# Settings the chart does not expose as a value, and why (anything else must be reachable from values).
+NOT_A_CHART_VALUE = {
+    # In a pod the kubelet probes the pod IP, so the health endpoint must listen on all interfaces.
+    "KONTINUAL_HEALTH_HOST": "0.0.0.0 is the only value that works in a pod",
+}
+# A value for every operator setting, none of them its default, and the setting each should become.
+EVERY_SETTING = {
+    "watchNamespaces": ("{team-a}", "watch_namespaces", ("team-a",)),
+    "serverImage.repository": ("registry.local/srv", "server_image", "registry.local/srv:0.1.0"),
+    "trainerImage.tag": ("cuda", "trainer_image", "kontinual/trainer:cuda"),
+    "roboflow.apiUrl": ("https://rf.internal", "roboflow_api_url", "https://rf.internal"),
+    "roboflow.allowedApiUrls": ("{https://rf2.internal}", "roboflow_api_urls", ("https://rf2.internal",)),
+    "roboflow.pollSeconds": ("31", "roboflow_poll_seconds", 31),
+    "roboflow.timeoutSeconds": ("7", "roboflow_timeout_seconds", 7),
+    "roboflow.pollWorkers": ("9", "poll_workers", 9),
+    "sparsezoo.apiUrl": ("https://zoo.internal", "sparsezoo_api_url", "https://zoo.internal"),
+    "resyncSeconds": ("17", "resync_seconds", 17),
+    "healthPort": ("9091", "health_port", 9091),
+    "stuckSeconds": ("45", "stuck_seconds", 45),
+    "metrics.port": ("9199", "metrics_port", 9199),
+    "logging.level": ("WARNING", "log_level", "WARNING"),
+    "logging.format": ("json", "log_format", "json"),
+}
+
+
+def test_every_operator_setting_is_reachable_from_chart_values() -> None:
+    """Each Settings field is set by a chart value, and that value arrives as the setting (tuning needs no extraEnv)."""
+    from dataclasses import fields
+
+    from kontinual.controller.settings import Settings
+
+    env = container_env(one(render({k: v for k, (v, _, _) in EVERY_SETTING.items()}), "Deployment"))
+    settings, default = Settings.from_env(env), Settings()
+    every = {f.name for f in fields(Settings)}
+    exposed = {name for _, name, _ in EVERY_SETTING.values()}
+    unexposed = {n for n in every - exposed if f"KONTINUAL_{n.upper()}" not in NOT_A_CHART_VALUE}
+    assert unexposed == set(), f"operator settings without a chart value: {sorted(unexposed)}"
+    for key, (_, name, wanted) in EVERY_SETTING.items():
+        assert wanted != getattr(default, name), f"{key}: pick a non-default value so the test can fail"
+        assert getattr(settings, name) == wanted, f"chart value {key} does not reach Settings.{name}"
+    for name in NOT_A_CHART_VALUE:
+        assert name not in env
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("roboflow.timeoutSeconds", "0"), ("roboflow.timeoutSeconds", "601"),
+    ("roboflow.pollWorkers", "65"), ("stuckSeconds", "5"),
+])
+def test_schema_bounds_the_tuning_values_as_the_operator_does(key: str, value: str) -> None:
+    """A value the operator would refuse at start (a crash loop) is refused by helm instead."""
+    with pytest.raises(HelmFailed) as failure:
+        render({key: value})
+    assert key.rpartition(".")[2] in str(failure.value)
