@@ -26,7 +26,7 @@ def test_default_render_is_valid_cluster_wide_install() -> None:
     assert validation_errors(manifests) == []
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-                     "Service", "ServiceAccount"]  # the Service: the operator's metrics
+                     "NetworkPolicy", "Service", "ServiceAccount"]  # the Service: the operator's metrics
     assert by_kind(manifests, "Role") == [] and by_kind(manifests, "RoleBinding") == []
     binding = one(manifests, "ClusterRoleBinding")
     sa = one(manifests, "ServiceAccount")
@@ -154,7 +154,8 @@ def test_schema_is_valid_json_and_describes_every_top_level_value() -> None:
 def test_every_value_has_a_comment() -> None:
     """Each top-level value, and each key of the small settings sections, has a comment above it."""
     lines = (CHART / "values.yaml").read_text().splitlines()
-    sections = ("image:", "serverImage:", "trainerImage:", "roboflow:", "logging:", "serviceAccount:", "rbac:")
+    sections = ("image:", "serverImage:", "trainerImage:", "roboflow:", "logging:", "serviceAccount:", "rbac:",
+                "networkPolicy:")
     section = ""
     for index, line in enumerate(lines):
         if not line.strip() or line.lstrip().startswith(("#", "-")):
@@ -255,3 +256,37 @@ def test_schema_bounds_the_tuning_values_as_the_operator_does(key: str, value: s
     with pytest.raises(HelmFailed) as failure:
         render({key: value})
     assert key.rpartition(".")[2] in str(failure.value)
+
+
+def _selects(policy: dict[str, object], deployment: dict[str, object]) -> bool:
+    wanted = policy["spec"]["podSelector"]["matchLabels"]  # type: ignore[index]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]  # type: ignore[index]
+    return bool(wanted) and wanted.items() <= labels.items()
+
+
+def test_operator_network_policy_admits_no_ingress_by_default() -> None:
+    """On by default: the operator pod takes no connections but the node's (kubelet probes); egress stays open."""
+    manifests = render()
+    policy = one(manifests, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert _selects(policy, one(manifests, "Deployment"))
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == []
+
+
+def test_operator_network_policy_opens_only_the_health_port_to_named_sources() -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    manifests = render(None, "--set-json", f"networkPolicy.healthFrom=[{json.dumps(monitoring)}]",
+                       "--set", "healthPort=9090")
+    assert validation_errors(manifests) == []
+    policy = one(manifests, "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"from": [monitoring], "ports": [{"protocol": "TCP", "port": 9090}]}]
+    assert _selects(policy, one(manifests, "Deployment"))
+
+
+def test_operator_network_policy_can_be_switched_off() -> None:
+    assert by_kind(render({"networkPolicy.enabled": "false"}), "NetworkPolicy") == []
+    with pytest.raises(HelmFailed) as failure:
+        render(None, "--set-json", 'networkPolicy.healthFrom=[{"podSelectr": {}}]')
+    assert "networkPolicy.healthFrom" in str(failure.value)

@@ -70,6 +70,7 @@ KINDS: dict[str, Kind] = {k.plural: k for k in (
     Kind("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     Kind("batch", "v1", "jobs", "Job", subresources=("status",)),
     Kind("autoscaling", "v2beta2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", subresources=("status",)),
+    Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
 )}
 # The events.k8s.io/v1 flavour shares the plural with core v1 events.
 EVENTS_V1 = Kind("events.k8s.io", "v1", "events", "Event")

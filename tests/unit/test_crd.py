@@ -24,6 +24,7 @@ task classNames model model.uri
 serving serving.replicas serving.image serving.port serving.batchSize serving.numCores
 serving.resources serving.resources.limits serving.resources.requests serving.nodeSelector
 serving.tolerations serving.affinity serving.imagePullSecrets serving.progressDeadlineSeconds
+serving.networkPolicy serving.networkPolicy.from serving.networkPolicy.metricsFrom
 dataLogging dataLogging.frequency dataLogging.maxPerMinute dataLogging.uploadPredictions
 dataLogging.queueSize dataLogging.metricsPort dataLogging.roboflow
 dataLogging.roboflow.workspace dataLogging.roboflow.project dataLogging.roboflow.apiKeySecretRef

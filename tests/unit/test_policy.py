@@ -27,7 +27,7 @@ PARENT_ANNOTATIONS = {
     "kubectl.kubernetes.io/last-applied-configuration": f'{{"stringData": {{"apiKey": "{FAKE_KEY}"}}}}',
 }
 ROBOFLOW = {"workspace": "acme", "project": "soccer-players", "apiKeySecretRef": {"name": "roboflow", "key": "apiKey"}}
-COMPONENT = {"ConfigMap": "server", "Deployment": "server", "Service": "server",
+COMPONENT = {"ConfigMap": "server", "Deployment": "server", "Service": "server", "NetworkPolicy": "server",
              "PersistentVolumeClaim": "storage", "Job": "training"}
 
 
@@ -53,6 +53,7 @@ VARIANTS = {
     "file-logging-training": variant("full", {
         "model": {"uri": "file:///opt/models/yolov5n.onnx"}, "classNames": ["ball"],
         "dataLogging": {"uploadPredictions": True, "roboflow": ROBOFLOW},
+        "serving": {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]}},
         "training": {"recipe": {"uri": "https://recipes.example.com/r.yaml"},
                      "baseWeights": "https://models.example.com/yolov5n.pt",
                      "resources": {"limits": {"nvidia.com/gpu": 1}}, "tolerations": [{"operator": "Exists"}]}}),

@@ -116,6 +116,11 @@ cover kontinual.controller.k8s.API_USAGE and kontinual.controller.handlers.FRAME
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, create, patch, delete]
+# Application: the server pods' NetworkPolicy (spec.serving.networkPolicy); watched so a deleted one
+# comes back at once, deleted when the spec drops it.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 {{- end }}
 
 {{/*

@@ -472,6 +472,29 @@ def service(spec: Spec) -> dict[str, Any]:
     }
 
 
+def network_policy(spec: Spec) -> dict[str, Any] | None:
+    """Ingress to the server pods only from the sources spec.serving.networkPolicy names; None without it.
+
+    Each port gets its own rule, so metrics scrapers need not reach inference and the other way
+    round; a port whose source list is empty gets no rule (nobody may connect to it).
+    """
+    policy = spec.serving.network_policy
+    if policy is None:
+        return None
+    rules = [(policy.inference_from, spec.serving.port)]
+    if spec.data_logging:
+        rules.append((policy.metrics_from, spec.data_logging.metrics_port))
+    ingress = [{"from": [dict(p) for p in sources], "ports": [{"protocol": "TCP", "port": port}]}
+               for sources, port in rules if sources]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(spec, names(spec)["server"], "server"),
+        "spec": {"podSelector": {"matchLabels": selector(spec, "server")}, "policyTypes": ["Ingress"],
+                 "ingress": ingress},
+    }
+
+
 def model_claim(spec: Spec, target: ModelTarget | None = None) -> dict[str, Any] | None:
     """The model-storage PVC; None when the user names an existing claim or nothing would mount it."""
     if not spec.storage.create or not claim_needed(spec, target or ModelTarget.seed(spec)):
@@ -497,5 +520,6 @@ def serving_children(spec: Spec, settings: Settings, target: ModelTarget | None 
     cm = config_map(spec, target)
     claim = model_claim(spec, target)
     hpa = horizontal_pod_autoscaler(spec, autoscaling_api)
-    return ([claim] if claim else []) + [cm, service(spec), deployment(spec, settings, target, cm)] + (
-        [hpa] if hpa else [])
+    policy = network_policy(spec)  # before the pods, so no new server pod is ever reachable unguarded
+    return ([claim] if claim else []) + [cm, service(spec)] + ([policy] if policy else []) + [
+        deployment(spec, settings, target, cm)] + ([hpa] if hpa else [])

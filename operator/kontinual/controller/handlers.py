@@ -213,8 +213,9 @@ def on_job(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
 @kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS, registry=registry)
 @kopf.on.event("", "v1", "services", labels=CHILD_LABELS, registry=registry)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS, registry=registry)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS, registry=registry)
 def on_simple_child(event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    """A config, service or claim deleted or edited by hand comes back as specified."""
+    """A config, service, claim or network policy deleted or edited by hand comes back as specified."""
     if event.get("type") in ("DELETED", "MODIFIED"):
         _on_child(namespace, labels)
 

@@ -65,6 +65,10 @@ RESOURCES: dict[str, Resource] = {
     # The server's HPA (spec.serving.autoscaling); deleted when autoscaling is switched off.
     "HorizontalPodAutoscaler": Resource("autoscaling", "v2beta2", "horizontalpodautoscalers",
                                         ("get", "create", "patch", "delete")),
+    # The server pods' NetworkPolicy (spec.serving.networkPolicy); watched so a deleted one comes
+    # back at once, deleted when the spec drops it.
+    "NetworkPolicy": Resource("networking.k8s.io", "v1", "networkpolicies",
+                              ("get", "list", "watch", "create", "patch", "delete")),
     # Only the Roboflow key, for minNewLabeledImages polling; never logged or stored.
     "Secret": Resource("", "v1", "secrets", ("get",)),
 }

@@ -101,6 +101,11 @@ def _apply_serving(spec: Spec, settings: Settings, target: ModelTarget,
         if k8s.delete_owned("HorizontalPodAutoscaler", spec.namespace, builders.names(spec)["server"], spec.uid,
                             version):
             log.info("%s/%s: autoscaling is off; deleted the server's HPA", spec.namespace, spec.name)
+    # spec.serving.networkPolicy removed: the policy we made goes too (one someone else made stays).
+    if spec.serving.network_policy is None and spec.uid and k8s.delete_owned(
+            "NetworkPolicy", spec.namespace, builders.names(spec)["server"], spec.uid):
+        log.info("%s/%s: spec.serving.networkPolicy is unset; deleted the server's NetworkPolicy",
+                 spec.namespace, spec.name)
     return deploy
 
 
@@ -173,7 +178,8 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         if kept.get(RECONCILED) != reconciled:  # one Warning per new conflict, not one per reconcile
             events += [("Warning", "ChildConflict", str(c)) for c in conflicts]
     else:
-        applied = "server ConfigMap, Deployment, Service and storage match the spec"
+        policy = ", NetworkPolicy" if spec.serving.network_policy else ""
+        applied = f"server ConfigMap, Deployment, Service{policy} and storage match the spec"
         conflict = builders.colocation_conflict(spec)  # scheduling advice, not a failure
         reconciled = Condition(RECONCILED, True, "ChildrenApplied", f"{applied}; but {conflict}" if conflict else applied)
     conditions += [reconciled, availability(deploy, wanted_generation)]

@@ -18,7 +18,7 @@ from croniter import croniter
 from kontinual.common.classnames import seed_names
 from kontinual.common.names import DEEPSPARSE_RUNTIME, RUNTIMES
 from kontinual.controller.settings import Settings
-from kontinual.controller.specfields import NAME_RE, Reader, SecretKeyRef, SpecError
+from kontinual.controller.specfields import NAME_RE, Reader, SecretKeyRef, SpecError, peers
 
 # NAME_RE, SecretKeyRef and SpecError are part of this module's API too (re-exported).
 
@@ -100,6 +100,14 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class NetworkPolicy:
+    """Who may connect to the server pods (a NetworkPolicy NAME-server); an empty tuple is nobody."""
+
+    inference_from: tuple[Mapping[str, Any], ...]  # NetworkPolicyPeers of the inference port
+    metrics_from: tuple[Mapping[str, Any], ...]  # ... of dataLogging.metricsPort
+
+
+@dataclass(frozen=True)
 class Serving:
     replicas: int = 1
     runtime: str = DEEPSPARSE_RUNTIME  # common.names.RUNTIMES
@@ -114,6 +122,7 @@ class Serving:
     image_pull_secrets: tuple[str, ...] = ()
     progress_deadline_seconds: int = 600
     autoscaling: Autoscaling | None = None
+    network_policy: NetworkPolicy | None = None  # None: no policy, the cluster's default applies
 
 
 @dataclass(frozen=True)
@@ -281,7 +290,12 @@ def _serving(r: Reader) -> Serving:
         image_pull_secrets=_pull_secrets(r),
         progress_deadline_seconds=r.req_int("progressDeadlineSeconds", 600, minimum=30),
         autoscaling=_autoscaling(r.sub("autoscaling"), resources) if r.present("autoscaling") else None,
+        network_policy=_network_policy(r.sub("networkPolicy")) if r.present("networkPolicy") else None,
     )
+
+
+def _network_policy(r: Reader) -> NetworkPolicy:
+    return NetworkPolicy(inference_from=peers(r, "from"), metrics_from=peers(r, "metricsFrom"))
 
 
 def _roboflow(r: Reader, settings: Settings, fallback: RoboflowRef | None = None) -> RoboflowRef:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -123,3 +124,67 @@ class Reader:
             raise SpecError(f"{ref.path}.name must be a Kubernetes object name (lowercase letters, digits, '-' "
                             f"and '.'), got {name!r}")
         return SecretKeyRef(name=name, key=ref.text("key", default_key))
+
+
+# A NetworkPolicy peer that admits every pod of the policy's own namespace (and nothing else).
+SAME_NAMESPACE_PEER: Mapping[str, Any] = {"podSelector": {}}
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _selector(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or set(value) - {"matchLabels", "matchExpressions"}:
+        raise SpecError(f"{path} must be a label selector {{matchLabels, matchExpressions}} ({{}} selects all), "
+                        f"got {value!r}")
+    labels = value.get("matchLabels") or {}
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        raise SpecError(f"{path}.matchLabels must map label keys to string values, got {labels!r}")
+    expressions = value.get("matchExpressions") or []
+    if not isinstance(expressions, list) or not all(
+            isinstance(e, Mapping) and isinstance(e.get("key"), str) and e.get("operator") in SELECTOR_OPERATORS
+            for e in expressions):
+        raise SpecError(f"{path}.matchExpressions entries must be {{key, operator ({', '.join(SELECTOR_OPERATORS)}), "
+                        f"values}}, got {expressions!r}")
+    out: dict[str, Any] = {}  # {} stays {}: every pod (or namespace)
+    if labels:
+        out["matchLabels"] = dict(labels)
+    if expressions:
+        out["matchExpressions"] = [dict(e) for e in expressions]
+    return out
+
+
+def _cidr(value: Any, path: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        raise SpecError(f"{path} must be a CIDR such as 10.0.0.0/8 or fd00::/8, got {value!r}") from None
+    return str(value)
+
+
+def peers(r: Reader, key: str) -> tuple[Mapping[str, Any], ...]:
+    """NetworkPolicy ingress sources: absent = this namespace's pods, [] = nobody, else each peer checked."""
+    value = r.data.get(key)
+    if value is None:
+        return (SAME_NAMESPACE_PEER,)
+    if not isinstance(value, list):
+        raise SpecError(f"{r.path}.{key} must be a list of sources (podSelector, namespaceSelector, ipBlock)")
+    out = []
+    for index, peer in enumerate(value):
+        where = f"{r.path}.{key}[{index}]"
+        if not isinstance(peer, Mapping) or not peer or set(peer) - {"podSelector", "namespaceSelector", "ipBlock"}:
+            raise SpecError(f"{where} must set podSelector and/or namespaceSelector, or ipBlock, got {peer!r}")
+        if "ipBlock" in peer and len(peer) > 1:
+            raise SpecError(f"{where}: ipBlock cannot be combined with podSelector or namespaceSelector")
+        if "ipBlock" in peer:
+            block = peer["ipBlock"]
+            if not isinstance(block, Mapping) or "cidr" not in block or set(block) - {"cidr", "except"}:
+                raise SpecError(f"{where}.ipBlock must be {{cidr, except}}, got {block!r}")
+            excepted = block.get("except") or []
+            if not isinstance(excepted, list):
+                raise SpecError(f"{where}.ipBlock.except must be a list of CIDRs, got {excepted!r}")
+            ip_block: dict[str, Any] = {"cidr": _cidr(block["cidr"], f"{where}.ipBlock.cidr")}
+            if excepted:
+                ip_block["except"] = [_cidr(c, f"{where}.ipBlock.except[{i}]") for i, c in enumerate(excepted)]
+            out.append({"ipBlock": ip_block})
+            continue
+        out.append({k: _selector(peer[k], f"{where}.{k}") for k in ("namespaceSelector", "podSelector") if k in peer})
+    return tuple(out)
