@@ -264,25 +264,34 @@ def _selects(policy: dict[str, object], deployment: dict[str, object]) -> bool:
     return bool(wanted) and wanted.items() <= labels.items()
 
 
-def test_operator_network_policy_admits_no_ingress_by_default() -> None:
-    """On by default: the operator pod takes no connections but the node's (kubelet probes); egress stays open."""
+def test_operator_network_policy_admits_only_metrics_scrapes_by_default() -> None:
+    """On by default: the metrics port takes scrapes, nothing else any connection but the node's (kubelet probes)."""
     manifests = render()
+    assert validation_errors(manifests) == []
     policy = one(manifests, "NetworkPolicy")
     assert policy["metadata"]["namespace"] == RELEASE_NAMESPACE
     assert _selects(policy, one(manifests, "Deployment"))
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 9102}]}]
+    # No metrics endpoint, no metrics rule: then nothing but the node may connect.
+    assert one(render({"metrics.enabled": "false"}), "NetworkPolicy")["spec"]["ingress"] == []
 
 
-def test_operator_network_policy_opens_only_the_health_port_to_named_sources() -> None:
+def test_operator_network_policy_opens_each_port_only_to_its_named_sources() -> None:
     monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-    manifests = render(None, "--set-json", f"networkPolicy.healthFrom=[{json.dumps(monitoring)}]",
-                       "--set", "healthPort=9090")
+    probe = {"ipBlock": {"cidr": "10.1.0.0/16"}}
+    manifests = render(None, "--set-json", f"networkPolicy.metricsFrom=[{json.dumps(monitoring)}]",
+                       "--set-json", f"networkPolicy.healthFrom=[{json.dumps(probe)}]",
+                       "--set", "healthPort=9090", "--set", "metrics.port=9300")
     assert validation_errors(manifests) == []
     policy = one(manifests, "NetworkPolicy")
-    assert policy["spec"]["ingress"] == [{"from": [monitoring], "ports": [{"protocol": "TCP", "port": 9090}]}]
+    assert policy["spec"]["ingress"] == [{"from": [probe], "ports": [{"protocol": "TCP", "port": 9090}]},
+                                         {"from": [monitoring], "ports": [{"protocol": "TCP", "port": 9300}]}]
     assert _selects(policy, one(manifests, "Deployment"))
+    closed = render(None, "--set-json", "networkPolicy.metricsFrom=[]")
+    assert one(closed, "NetworkPolicy")["spec"]["ingress"] == []
 
 
 def test_operator_network_policy_can_be_switched_off() -> None:
