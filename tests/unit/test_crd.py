@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import datetime
 import re
 from typing import Any, Callable, Iterator
 
@@ -11,7 +13,8 @@ import pytest
 import yaml
 
 from kontinual.common import contract
-from kontinual.controller import decisions, status
+from kontinual.controller import decisions, status, statusdata
+from kontinual.controller.statusdata import TrainingStatus
 from kontinual.controller import spec as specs
 from tests.support.crd import (
     EXAMPLES, CRValidationError, apply_defaults, default_in_place, errors, load_crd, load_examples, schema,
@@ -392,9 +395,26 @@ def test_parser_reads_the_same_spec_with_or_without_the_api_servers_defaults(nam
     assert specs.parse(cr) == specs.parse(apply_defaults(cr))
 
 
-def test_status_the_operator_writes_passes_the_status_schema() -> None:
-    """The API server validates status patches against the known fields: the writers' shapes must fit."""
+def _unlisted(value: Any, node: dict[str, Any], path: str) -> list[str]:
+    """Keys in `value` the schema does not list (x-kubernetes-preserve-unknown-fields would keep them
+    silently, but `kubectl explain` cannot show them)."""
+    if isinstance(value, dict) and "properties" in node:
+        out = []
+        for key, sub in value.items():
+            if key not in node["properties"]:
+                out.append(f"{path}.{key}")
+            else:
+                out += _unlisted(sub, node["properties"][key], f"{path}.{key}")
+        return out
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [p for i, v in enumerate(value) for p in _unlisted(v, node["items"], f"{path}[{i}]")]
+    return []
+
+
+def _written_status() -> dict[str, Any]:
+    """A status as the writers produce it, every field set: conditions, serving, training, models."""
     now = "2026-11-27T22:00:00Z"
+    t0 = datetime.datetime(2026, 11, 27, 22, 0, tzinfo=datetime.timezone.utc)
     conditions = status.merge_conditions(
         [status.Condition("Reconciled", True, "ChildrenApplied", "ok"),
          status.Condition("Available", True, "RolledOut", "1 of 1 pods ready"),
@@ -402,24 +422,64 @@ def test_status_the_operator_writes_passes_the_status_schema() -> None:
          status.Condition("Degraded", False, "ModelPromoted", "v2 promoted")], None, 4, now)
     result = contract.TrainingResult(status="Succeeded", version=2, onnx="v2/model.onnx", sha256="ab" * 32,
                                      metrics={"mAP50": 0.61, "mAP50_95": 0.33}, sparsity=0.9,
-                                     datasetVersion="7", images={"train": 520, "valid": 98, "test": 45})
+                                     datasetVersion="7", images={"train": 520, "valid": 98, "test": 45},
+                                     classNames=["ball", "player"], datasetGenerated=True,
+                                     baseline={"version": 1, "metrics": {"mAP50": 0.5}},
+                                     evaluatedOn={"split": "test", "images": 45, "datasetVersion": "7"})
     model = decisions.model_record(result, "soccer-train-2", now, decisions.Verdict(True, "GatePassed", "0.61 >= 0.5"))
+    rolled_back = decisions.mark_rolled_back([dataclasses.replace(model, version=1)], 1, "pods never became ready")
+    spec = specs.parse(example("soccer.yaml:soccer"))
+    assert spec.training is not None
+    spec = dataclasses.replace(spec, training=dataclasses.replace(
+        spec.training, trigger=dataclasses.replace(spec.training.trigger, schedule="0 3 * * *")))
+    training = decisions.evaluate_triggers(spec, TrainingStatus(), now=t0, train_request="go", labeled=640).training
+    training = decisions.polled(training, error="Roboflow answered 503", finished=t0, poll_seconds=300)
+    training = decisions.adopted(training, [], decisions.RunJob("soccer-train-3", "uid-3", 3, now, "schedule", "go"))
+    training = decisions.recorded(training.replace(active_job="soccer-train-3", pending="schedule"), "uid-2")
+    last = training.last_run
+    assert last is not None
+    training = training.replace(last_run=dataclasses.replace(
+        last, finished_at=now, result="Failed", reason="DatasetEmpty", message="no images", promoted=False))
+    serving = statusdata.ServingStatus(version=2, uri="pvc://soccer-models/v2/model.onnx", sha256="ab" * 32,
+                                       url="http://soccer-server.vision.svc:5543/v2/models/soccer/infer/from_files",
+                                       ready_replicas=1, class_names=("ball", "player"))
+    return {"observedGeneration": 4, "conditions": conditions, "serving": serving.to_dict(),
+            "training": training.to_dict(), "models": [model.to_dict(), *(m.to_dict() for m in rolled_back)]}
+
+
+def test_every_status_field_the_operator_writes_is_in_the_status_schema() -> None:
+    """`kubectl explain continualmodel.status` shows all of it: every typed status field is listed."""
+    written = _written_status()
+    node = schema()["properties"]["status"]
+    assert _unlisted(written, node, "status") == []
+    for kind, path in ((statusdata.TrainingStatus, ("training",)), (statusdata.LastRun, ("training", "lastRun")),
+                       (statusdata.ModelRecord, ("models", None)), (statusdata.ServingStatus, ("serving",))):
+        here = node
+        for key in path:
+            here = here["items"] if key is None else here["properties"][key]
+        keys = {statusdata._camel(f.name) for f in dataclasses.fields(kind)}  # noqa: SLF001
+        assert keys <= set(here["properties"]), f"{kind.__name__}: {sorted(keys - set(here['properties']))}"
+        assert all(here["properties"][k].get("description") for k in keys)
+    # Every field is set in the written status, so the check above covered each of them.
+    assert set(written["training"]) == {statusdata._camel(f.name) for f in dataclasses.fields(TrainingStatus)}  # noqa: SLF001
+
+
+def test_typed_status_round_trips() -> None:
+    written = _written_status()
+    assert statusdata.TrainingStatus.from_dict(written["training"]).to_dict() == written["training"]
+    assert [m.to_dict() for m in statusdata.models_from(written["models"])] == written["models"]
+    assert statusdata.ServingStatus.from_dict(written["serving"]).to_dict() == written["serving"]  # type: ignore[union-attr]
+    # Status is the operator's memory: a field of the wrong type reads as unset, never a crash.
+    odd = statusdata.TrainingStatus.from_dict({"runs": "three", "lastRun": [], "recordedJobs": "x"})
+    assert (odd.runs, odd.last_run, odd.recorded_jobs) == (None, None, None)
+    assert statusdata.models_from([{"sha256": "no version"}, "junk", {"version": 2}]) == \
+        [statusdata.ModelRecord(version=2)]
+
+
+def test_status_the_operator_writes_passes_the_status_schema() -> None:
+    """The API server validates status patches against the known fields: the writers' shapes must fit."""
     cr = example("soccer.yaml:soccer")
-    cr["status"] = {
-        "observedGeneration": 4,
-        "conditions": conditions,
-        "serving": {"version": 2, "uri": "pvc://soccer-models/v2/model.onnx", "sha256": "ab" * 32,
-                    "url": "http://soccer-server.vision.svc:5543/v2/models/soccer/infer/from_files",
-                    "readyReplicas": 1},
-        "training": {"activeJob": None, "runs": 3, "lastLabeledImages": 640, "labeledImagesAtLastRun": 600,
-                     "lastPolledAt": now, "pending": None,
-                     "lastRun": {"job": "soccer-train-2", "version": 2, "startedAt": now, "finishedAt": now,
-                                 "result": "Succeeded", "reason": None, "message": None,
-                                 "trigger": "schedule", "promoted": True}},
-        "models": [model, {**model, "version": 1, "promoted": False, "rolledBack": True,
-                           "reason": "RolloutFailed", "message": "pods never became ready"}],
-        "kopf": {"progress": {}},
-    }
+    cr["status"] = {**_written_status(), "kopf": {"progress": {}}}
     validated = validate(cr)["status"]
     assert validated["models"][0]["metrics"] == {"mAP50": 0.61, "mAP50_95": 0.33}
     with pytest.raises(CRValidationError, match=r"status\.serving\.version"):

@@ -11,6 +11,7 @@ from kontinual.controller import jobs
 from kontinual.controller.builders import ModelTarget, model_path
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec, parse
+from kontinual.controller.statusdata import ModelRecord
 
 SETTINGS = Settings(trainer_image="registry.example/kontinual/trainer:1.2.3", roboflow_api_urls=("https://rf.example",))
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"
@@ -237,7 +238,7 @@ def test_first_run_compares_with_the_seed_and_later_runs_with_the_serving_versio
     spec = make_spec(classNames=["ball", "player"])
     first = trainer_args(job(spec))
     assert (first.baseline_model, first.baseline_version, first.baseline_class_names) == (ZOO, 0, "coco")
-    serving = {"version": 3, "promoted": True, "classNames": ["ball", "player"]}
+    serving = ModelRecord(version=3, promoted=True, class_names=("ball", "player"))
     manifest = jobs.training_job(spec, SETTINGS, version=4, base_weights=3, baseline=jobs.Baseline.of(spec, serving))
     later = trainer_args(manifest)
     assert (later.baseline_model, later.baseline_version) == ("/models/v3/model.onnx", 3)

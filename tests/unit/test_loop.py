@@ -8,7 +8,10 @@ import pytest
 
 from kontinual.controller import decisions
 from kontinual.common.contract import TrainingResult
-from kontinual.controller.spec import parse
+from kontinual.controller.spec import Spec, parse
+from kontinual.controller.statusdata import ModelRecord, TrainingStatus, models_from as M
+
+TS = TrainingStatus.from_dict
 
 UTC = datetime.timezone.utc
 SHA = "a" * 64
@@ -39,32 +42,32 @@ class TestSchedule:
 
     def test_first_sight_sets_next_run_without_running(self):
         now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-        t = decisions.evaluate_triggers(self.spec, {}, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, TS({}), now=now, train_request=None, labeled=None)
         assert t.reasons == ()
-        assert t.fields["nextScheduledRun"] == "2026-11-28T03:00:00Z"
+        assert t.training.next_scheduled_run == "2026-11-28T03:00:00Z"
 
     def test_due_fires_once_and_moves_on(self):
         now = datetime.datetime(2026, 11, 28, 3, 0, 30, tzinfo=UTC)
         state = {"schedule": "0 3 * * *", "nextScheduledRun": "2026-11-28T03:00:00Z"}
-        t = decisions.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, TS(state), now=now, train_request=None, labeled=None)
         assert len(t.reasons) == 1 and "schedule" in t.reasons[0]
-        assert t.fields["nextScheduledRun"] == "2026-11-29T03:00:00Z"
+        assert t.training.next_scheduled_run == "2026-11-29T03:00:00Z"
 
     def test_many_missed_ticks_fire_once(self):
         # The operator was down for three days: one run on resume, the next one tomorrow.
         now = datetime.datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
         state = {"schedule": "0 3 * * *", "nextScheduledRun": "2026-11-28T03:00:00Z"}
-        t = decisions.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
+        t = decisions.evaluate_triggers(self.spec, TS(state), now=now, train_request=None, labeled=None)
         assert len(t.reasons) == 1
-        assert t.fields["nextScheduledRun"] == "2026-12-02T03:00:00Z"
-        again = decisions.evaluate_triggers(self.spec, {**state, **t.fields}, now=now, train_request=None, labeled=None)
+        assert t.training.next_scheduled_run == "2026-12-02T03:00:00Z"
+        again = decisions.evaluate_triggers(self.spec, t.training, now=now, train_request=None, labeled=None)
         assert again.reasons == ()
 
     def test_changed_schedule_recomputes(self):
         now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
         state = {"schedule": "0 4 * * *", "nextScheduledRun": "2026-11-27T04:00:00Z"}
-        t = decisions.evaluate_triggers(self.spec, state, now=now, train_request=None, labeled=None)
-        assert t.reasons == () and t.fields["nextScheduledRun"] == "2026-11-28T03:00:00Z"
+        t = decisions.evaluate_triggers(self.spec, TS(state), now=now, train_request=None, labeled=None)
+        assert t.reasons == () and t.training.next_scheduled_run == "2026-11-28T03:00:00Z"
 
 
 class TestLabeledImages:
@@ -72,21 +75,21 @@ class TestLabeledImages:
     now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
     def test_first_poll_sets_baseline(self):
-        t = decisions.evaluate_triggers(self.spec, {}, now=self.now, train_request=None, labeled=400)
+        t = decisions.evaluate_triggers(self.spec, TS({}), now=self.now, train_request=None, labeled=400)
         assert t.reasons == ()
-        assert t.fields["labeledImagesAtLastRun"] == 400 and t.fields["lastLabeledImages"] == 400
+        assert t.training.labeled_images_at_last_run == 400 and t.training.last_labeled_images == 400
 
     @pytest.mark.parametrize("count,fires", [(449, False), (450, True), (900, True)])
     def test_threshold(self, count, fires):
-        t = decisions.evaluate_triggers(self.spec, {"labeledImagesAtLastRun": 400}, now=self.now,
+        t = decisions.evaluate_triggers(self.spec, TS({"labeledImagesAtLastRun": 400}), now=self.now,
                                    train_request=None, labeled=count)
         assert bool(t.reasons) is fires
-        assert t.fields["lastLabeledImages"] == count
+        assert t.training.last_labeled_images == count
 
     def test_no_poll_no_decision(self):
-        t = decisions.evaluate_triggers(self.spec, {"labeledImagesAtLastRun": 0}, now=self.now,
+        t = decisions.evaluate_triggers(self.spec, TS({"labeledImagesAtLastRun": 0}), now=self.now,
                                    train_request=None, labeled=None)
-        assert t.reasons == () and "lastLabeledImages" not in t.fields
+        assert t.reasons == () and t.training.last_labeled_images is None
 
 
 class TestManual:
@@ -94,52 +97,52 @@ class TestManual:
     now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
     def test_new_value_fires_once(self):
-        t = decisions.evaluate_triggers(self.spec, {}, now=self.now, train_request="2026-11-27", labeled=None)
-        assert len(t.reasons) == 1 and t.fields["lastTrainRequest"] == "2026-11-27"
-        again = decisions.evaluate_triggers(self.spec, t.fields, now=self.now, train_request="2026-11-27", labeled=None)
+        t = decisions.evaluate_triggers(self.spec, TS({}), now=self.now, train_request="2026-11-27", labeled=None)
+        assert len(t.reasons) == 1 and t.training.last_train_request == "2026-11-27"
+        again = decisions.evaluate_triggers(self.spec, t.training, now=self.now, train_request="2026-11-27", labeled=None)
         assert again.reasons == ()
 
     def test_no_annotation_no_run(self):
-        assert decisions.evaluate_triggers(self.spec, {}, now=self.now, train_request=None, labeled=None).reasons == ()
+        assert decisions.evaluate_triggers(self.spec, TS({}), now=self.now, train_request=None, labeled=None).reasons == ()
 
 
 def test_next_version_counts_failed_runs_and_existing_jobs():
-    assert decisions.next_version([], {}, []) == 1
-    assert decisions.next_version([{"version": 2}], {"lastRun": {"version": 3}}, []) == 4
-    assert decisions.next_version([{"version": 2}], {}, [5]) == 6
+    assert decisions.next_version([], TS({}), []) == 1
+    assert decisions.next_version(M([{"version": 2}]), TS({"lastRun": {"version": 3}}), []) == 4
+    assert decisions.next_version(M([{"version": 2}]), TS({}), [5]) == 6
 
 
 def test_a_version_is_never_reused_after_its_run_and_job_vanished():
     # v7 was started (highestVersion), then its Job, its record and the models before it were all gone.
-    assert decisions.next_version([], {"highestVersion": 7, "lastRun": {"version": 3}}, []) == 8
+    assert decisions.next_version([], TS({"highestVersion": 7, "lastRun": {"version": 3}}), []) == 8
 
 
 RUN = decisions.RunJob(name="m-train-3", uid="uid-3", version=3)
 
 
 def test_a_finished_job_is_recorded_once_by_uid_failed_ones_included():
-    training = {"lastRun": {"version": 4, "finishedAt": "2026-12-01T00:00:00Z", "result": "Failed"},
-                "recordedJobs": ["uid-1"], "highestVersion": 4}
+    training = TS({"lastRun": {"version": 4, "finishedAt": "2026-12-01T00:00:00Z", "result": "Failed"},
+                   "recordedJobs": ["uid-1"], "highestVersion": 4})
     assert not decisions.is_recorded(training, [], RUN)  # v3 failed, then v4: v3's Job was never recorded
-    training["recordedJobs"] = decisions.recorded_jobs(training, RUN.uid)
+    training = decisions.recorded(training, RUN.uid)
     assert decisions.is_recorded(training, [], RUN)
     # A Job of the same name recreated by someone (another uid) is a different run.
     assert not decisions.is_recorded(training, [], decisions.RunJob("m-train-3", "uid-other", 3))
 
 
 def test_recorded_uids_are_bounded_and_older_versions_count_as_recorded():
-    training: dict = {"recordedJobs": [], "highestVersion": 0}
+    training = TS({"recordedJobs": []})
     for n in range(1, 31):
-        training["recordedJobs"] = decisions.recorded_jobs(training, f"uid-{n}")
-    assert len(training["recordedJobs"]) == decisions.RECORDED_JOBS_KEPT
-    assert training["recordedJobs"][-1] == "uid-30"
-    training["highestVersion"] = 30
+        training = decisions.recorded(training, f"uid-{n}")
+    assert training.recorded_jobs is not None and len(training.recorded_jobs) == decisions.RECORDED_JOBS_KEPT
+    assert training.recorded_jobs[-1] == "uid-30"
+    training = training.replace(highest_version=30)
     assert decisions.is_recorded(training, [], decisions.RunJob("m-train-5", "uid-5", 5))  # dropped, but old
     assert not decisions.is_recorded(training, [], decisions.RunJob("m-train-31", "uid-31", 31))
 
 
 def test_a_status_that_predates_recorded_jobs_never_re_records_older_runs():
-    training = {"lastRun": {"version": 4, "job": "m-train-4"}}  # v4 running, v1..v3 recorded by the old operator
+    training = TS({"lastRun": {"version": 4, "job": "m-train-4"}})  # v4 running, v1..v3 recorded by the old operator
     assert decisions.is_recorded(training, [], RUN)
     assert not decisions.is_recorded(training, [], decisions.RunJob("m-train-4", "uid-4", 4))
 
@@ -147,15 +150,15 @@ def test_a_status_that_predates_recorded_jobs_never_re_records_older_runs():
 def test_a_job_above_every_known_version_is_adopted_with_its_request():
     job = decisions.RunJob(name="m-train-2", uid="uid-2", version=2, created="2026-12-01T10:00:00Z",
                            trigger="annotation kontinual.io/train-request=go", train_request="go")
-    training = {"runs": 1, "highestVersion": 1, "pending": "schedule", "lastLabeledImages": 40,
-                "lastRun": {"job": "m-train-1", "version": 1, "finishedAt": "2026-12-01T09:00:00Z"}}
-    fields = decisions.adopted_fields(training, [{"version": 1}], job)
-    assert fields == {"highestVersion": 2, "runs": 2, "pending": None, "lastTrainRequest": "go",
-                      "labeledImagesAtLastRun": 40,
-                      "lastRun": {"job": "m-train-2", "version": 2, "startedAt": "2026-12-01T10:00:00Z",
-                                  "trigger": "annotation kontinual.io/train-request=go"}}
-    assert decisions.adopted_fields({**training, **fields}, [], job) == {}  # adopted once
-    assert decisions.unfinished_run({**training, **fields}) == ("m-train-2", 2)
+    training = TS({"runs": 1, "highestVersion": 1, "pending": "schedule", "lastLabeledImages": 40,
+                   "lastRun": {"job": "m-train-1", "version": 1, "finishedAt": "2026-12-01T09:00:00Z"}})
+    adopted = decisions.adopted(training, M([{"version": 1}]), job)
+    assert adopted.to_dict() == {"highestVersion": 2, "runs": 2, "lastTrainRequest": "go", "lastLabeledImages": 40,
+                                 "labeledImagesAtLastRun": 40,
+                                 "lastRun": {"job": "m-train-2", "version": 2, "startedAt": "2026-12-01T10:00:00Z",
+                                             "trigger": "annotation kontinual.io/train-request=go"}}
+    assert decisions.adopted(adopted, [], job) == adopted  # adopted once
+    assert decisions.unfinished_run(adopted) == ("m-train-2", 2)
     assert decisions.unfinished_run(training) is None
 
 
@@ -232,7 +235,7 @@ class TestGate:
 
     def test_pinned_version_is_the_champion(self):
         spec = spec_with(rollout={"pinnedVersion": 1})
-        models = [{"version": 1, "promoted": True}, {"version": 2, "promoted": True}]
+        models = M([{"version": 1, "promoted": True}, {"version": 2, "promoted": True}])
         serving = decisions.serving_version(spec, models)
         assert serving == 1
         assert decisions.judge(spec, exam(3, 0.5, evaluated(1, 0.4)), 3, serving).promoted
@@ -262,33 +265,38 @@ class TestGate:
         r = exam(2, 0.41, evaluated(1, 0.39))
         r = TrainingResult(**{**r.__dict__, "classNames": ["ball", "player"], "datasetGenerated": True})
         verdict = decisions.judge(spec_with(), r, 2, 1)
-        record = decisions.model_record(r, "soccer-train-2", "2026-12-02T08:00:00Z", verdict, 2)
+        record = decisions.model_record(r, "soccer-train-2", "2026-12-02T08:00:00Z", verdict, 2).to_dict()
         assert record["baseline"] == evaluated(1, 0.39) and record["classNames"] == ["ball", "player"]
         assert record["evaluatedOn"] == {"split": "test", "images": 45, "datasetVersion": "7"}
         assert record["datasetGenerated"] is True and record["promoted"]
 
 
 class TestHistory:
-    models = [{"version": v, "promoted": v % 2 == 1} for v in range(1, 8)]
+    models = M([{"version": v, "promoted": v % 2 == 1} for v in range(1, 8)])
+
+    @staticmethod
+    def serving(spec: Spec, models: list[ModelRecord]) -> int | None:
+        model = decisions.serving_model(spec, models)
+        return model.version if model else None
 
     def test_serving_is_newest_promoted(self):
-        assert decisions.serving_model(spec_with(), self.models)["version"] == 7
+        assert self.serving(spec_with(), self.models) == 7
 
     def test_rolled_back_is_skipped(self):
         models = decisions.mark_rolled_back(self.models, 7, "not ready")
-        assert decisions.serving_model(spec_with(), models)["version"] == 5
-        assert models[-1]["rolledBack"] and not models[-1]["promoted"] and models[-1]["reason"] == "RolloutFailed"
+        assert self.serving(spec_with(), models) == 5
+        assert models[-1].rolled_back and not models[-1].promoted and models[-1].reason == "RolloutFailed"
 
     def test_pinned_wins_even_if_not_promoted(self):
-        assert decisions.serving_model(spec_with(rollout={"pinnedVersion": 2}), self.models)["version"] == 2
+        assert self.serving(spec_with(rollout={"pinnedVersion": 2}), self.models) == 2
 
     def test_pin_to_unknown_version_falls_back(self):
-        assert decisions.serving_model(spec_with(rollout={"pinnedVersion": 99}), self.models)["version"] == 7
+        assert self.serving(spec_with(rollout={"pinnedVersion": 99}), self.models) == 7
 
     def test_no_promoted_means_seed(self):
-        assert decisions.serving_model(spec_with(), [{"version": 1, "promoted": False}]) is None
+        assert decisions.serving_model(spec_with(), M([{"version": 1, "promoted": False}])) is None
 
     def test_prune_keeps_newest_and_serving(self):
         kept = decisions.prune_history(self.models, 3, keep=1)
-        assert [m["version"] for m in kept] == [7, 6, 1]
-        assert [m["version"] for m in decisions.prune_history(self.models, 3, keep=7)] == [7, 6, 5]
+        assert [m.version for m in kept] == [7, 6, 1]
+        assert [m.version for m in decisions.prune_history(self.models, 3, keep=7)] == [7, 6, 5]

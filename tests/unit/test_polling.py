@@ -11,6 +11,7 @@ import pytest
 
 from kontinual.common import deadline_http
 from kontinual.controller import decisions, k8s, polling
+from kontinual.controller.statusdata import TrainingStatus
 from kontinual.controller.handlers import stuck
 from kontinual.controller.polling import Poller, PollRequest
 from kontinual.controller.settings import Settings
@@ -27,24 +28,25 @@ def request(uid: str, url: str) -> PollRequest:
 
 class TestDecisions:
     def test_a_first_poll_is_due_at_once(self) -> None:
-        assert decisions.poll_due({}, T0)
+        assert decisions.poll_due(TrainingStatus(), T0)
 
     def test_a_successful_poll_sets_the_next_one_an_interval_later(self) -> None:
-        fields = decisions.polled_fields({"pollFailures": 3, "pollError": "x"}, labeled=5, error=None, finished=T0,
-                                    poll_seconds=300)
-        assert fields == {"lastPolledAt": "2026-03-01T12:00:00Z", "pollError": None, "pollFailures": None,
-                          "nextPollAt": "2026-03-01T12:05:00Z"}
-        assert not decisions.poll_due(fields, T0 + datetime.timedelta(seconds=299))
-        assert decisions.poll_due(fields, T0 + datetime.timedelta(seconds=300))
+        training = decisions.polled(TrainingStatus.from_dict({"pollFailures": 3, "pollError": "x"}), error=None,
+                                    finished=T0, poll_seconds=300)
+        assert training.to_dict() == {"lastPolledAt": "2026-03-01T12:00:00Z", "nextPollAt": "2026-03-01T12:05:00Z"}
+        assert not decisions.poll_due(training, T0 + datetime.timedelta(seconds=299))
+        assert decisions.poll_due(training, T0 + datetime.timedelta(seconds=300))
 
     def test_failures_back_off_doubling_up_to_a_cap(self) -> None:
-        training: dict = {}
+        training = TrainingStatus()
         delays = []
         for _ in range(8):
-            training.update(decisions.polled_fields(training, labeled=None, error="down", finished=T0, poll_seconds=10))
-            delays.append((decisions.parse_iso(training["nextPollAt"]) - T0).total_seconds())
+            training = decisions.polled(training, error="down", finished=T0, poll_seconds=10)
+            due = decisions.parse_iso(training.next_poll_at)
+            assert due is not None
+            delays.append((due - T0).total_seconds())
         assert delays == [20, 40, 80, 160, 320, 320, 320, 320]
-        assert training["pollFailures"] == 8 and training["pollError"] == "down"
+        assert training.poll_failures == 8 and training.poll_error == "down"
 
 
 def test_a_dripping_server_is_cut_at_the_total_deadline() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 # DeepSparse 1.8.0's deepsparse.yolo.utils.COCO_CLASSES (the server config names them as "coco"); a
 # serving-tier test checks this copy against DeepSparse's own. The operator never imports deepsparse.
@@ -36,18 +36,9 @@ def seed_names(uri: str, model_names: Sequence[str], project_names: Sequence[str
     return tuple(project_names)
 
 
-def version_names(record: Mapping[str, Any] | None, project_names: Sequence[str]) -> tuple[str, ...]:
-    """A trained version's class names from its status.models[] record (its dataset's names);
-    records written before versions carried names fall back to the project's (spec.classNames)."""
-    names = (record or {}).get("classNames")
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        return tuple(names)
-    return tuple(project_names)
-
-
 def same_classes(served: Sequence[str], project: Sequence[str]) -> bool:
     """Whether a model's boxes can be pre-annotations in the project: the same set of class names."""
     return bool(served) and set(served) == set(project)
 
 
-__all__ = ["COCO_NAMES", "is_coco_zoo", "same_classes", "seed_names", "version_names"]
+__all__ = ["COCO_NAMES", "is_coco_zoo", "same_classes", "seed_names"]

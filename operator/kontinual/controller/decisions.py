@@ -7,10 +7,11 @@ operator decides exactly what the old one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from croniter import croniter
@@ -18,6 +19,7 @@ from croniter import croniter
 from kontinual.common.names import TRAIN_REQUEST_ANNOTATION
 from kontinual.common.contract import TrainingResult
 from kontinual.controller.spec import Spec
+from kontinual.controller.statusdata import LastRun, ModelRecord, TrainingStatus
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -42,13 +44,13 @@ def next_cron(schedule: str, after: datetime.datetime) -> datetime.datetime:
 
 @dataclass(frozen=True)
 class Triggers:
-    """What asked for a run this time, and the trigger bookkeeping to store in status.training."""
+    """What asked for a run this time, and status.training with the trigger bookkeeping updated."""
 
     reasons: tuple[str, ...]
-    fields: Mapping[str, Any]
+    training: TrainingStatus
 
 
-def evaluate_triggers(spec: Spec, training: Mapping[str, Any], *, now: datetime.datetime,
+def evaluate_triggers(spec: Spec, training: TrainingStatus, *, now: datetime.datetime,
                       train_request: str | None, labeled: int | None) -> Triggers:
     """Check schedule, labeled-image growth and the manual annotation against the last status.
 
@@ -60,27 +62,27 @@ def evaluate_triggers(spec: Spec, training: Mapping[str, Any], *, now: datetime.
     reasons: list[str] = []
     fields: dict[str, Any] = {}
     if trigger.schedule:
-        due = parse_iso(training.get("nextScheduledRun"))
-        if training.get("schedule") != trigger.schedule or due is None:
-            fields["nextScheduledRun"] = iso(next_cron(trigger.schedule, now))
+        due = parse_iso(training.next_scheduled_run)
+        if training.schedule != trigger.schedule or due is None:
+            fields["next_scheduled_run"] = iso(next_cron(trigger.schedule, now))
         elif now >= due:
             reasons.append(f"schedule {trigger.schedule!r} was due at {iso(due)}")
-            fields["nextScheduledRun"] = iso(next_cron(trigger.schedule, now))
+            fields["next_scheduled_run"] = iso(next_cron(trigger.schedule, now))
         fields["schedule"] = trigger.schedule
     else:
         fields["schedule"] = None
-        fields["nextScheduledRun"] = None
+        fields["next_scheduled_run"] = None
     if labeled is not None:
-        fields["lastLabeledImages"] = labeled
-        baseline = training.get("labeledImagesAtLastRun")
+        fields["last_labeled_images"] = labeled
+        baseline = training.labeled_images_at_last_run
         if baseline is None:
-            fields["labeledImagesAtLastRun"] = labeled  # the first poll sets the baseline
-        elif trigger.min_new_labeled_images and labeled - int(baseline) >= trigger.min_new_labeled_images:
-            reasons.append(f"{labeled - int(baseline)} new labeled images (threshold {trigger.min_new_labeled_images})")
-    if train_request and train_request != training.get("lastTrainRequest"):
+            fields["labeled_images_at_last_run"] = labeled  # the first poll sets the baseline
+        elif trigger.min_new_labeled_images and labeled - baseline >= trigger.min_new_labeled_images:
+            reasons.append(f"{labeled - baseline} new labeled images (threshold {trigger.min_new_labeled_images})")
+    if train_request and train_request != training.last_train_request:
         reasons.append(f"annotation {TRAIN_REQUEST_ANNOTATION}={train_request}")
-        fields["lastTrainRequest"] = train_request
-    return Triggers(tuple(reasons), fields)
+        fields["last_train_request"] = train_request
+    return Triggers(tuple(reasons), training.replace(**fields))
 
 
 MAX_POLL_BACKOFF = 32  # a failing project is polled at most 32 times less often than a healthy one
@@ -91,30 +93,30 @@ def poll_delay(failures: int, poll_seconds: int) -> int:
     return poll_seconds * min(MAX_POLL_BACKOFF, 1 << max(0, failures))
 
 
-def poll_due(training: Mapping[str, Any], now: datetime.datetime) -> bool:
+def poll_due(training: TrainingStatus, now: datetime.datetime) -> bool:
     """A poll is due when none was ever made, or its `nextPollAt` has passed (restart-safe: all in status)."""
-    due = parse_iso(training.get("nextPollAt"))
+    due = parse_iso(training.next_poll_at)
     return due is None or now >= due
 
 
-def polled_fields(training: Mapping[str, Any], *, labeled: int | None, error: str | None,
-                  finished: datetime.datetime, poll_seconds: int) -> dict[str, Any]:
-    """The status.training bookkeeping of one finished poll: when, why it failed, when to poll again."""
-    failures = int(training.get("pollFailures") or 0) + 1 if error else 0
-    return {"lastPolledAt": iso(finished), "pollError": error, "pollFailures": failures or None,
-            "nextPollAt": iso(finished + datetime.timedelta(seconds=poll_delay(failures, poll_seconds)))}
+def polled(training: TrainingStatus, *, error: str | None, finished: datetime.datetime,
+           poll_seconds: int) -> TrainingStatus:
+    """status.training after one finished poll: when, why it failed, when to poll again."""
+    failures = (training.poll_failures or 0) + 1 if error else 0
+    return training.replace(last_polled_at=iso(finished), poll_error=error, poll_failures=failures or None,
+                            next_poll_at=iso(finished + datetime.timedelta(seconds=poll_delay(failures, poll_seconds))))
 
 
-def highest_version(models: Sequence[Mapping[str, Any]], training: Mapping[str, Any]) -> int:
+def highest_version(models: Sequence[ModelRecord], training: TrainingStatus) -> int:
     """The highest version ever started: status.training.highestVersion (a status that predates it:
     the newest stored model or last run)."""
-    seen = [int(m.get("version") or 0) for m in models]
-    seen.append(int((training.get("lastRun") or {}).get("version") or 0))
-    seen.append(int(training.get("highestVersion") or 0))
+    seen = [m.version for m in models]
+    seen.append((training.last_run.version if training.last_run else None) or 0)
+    seen.append(training.highest_version or 0)
     return max(seen)
 
 
-def next_version(models: Sequence[Mapping[str, Any]], training: Mapping[str, Any], job_versions: list[int]) -> int:
+def next_version(models: Sequence[ModelRecord], training: TrainingStatus, job_versions: list[int]) -> int:
     """The next run's version: above every version ever started, recorded or seen as a Job (failed and
     vanished runs use one too, so a version, and its folder on the claim, is never reused)."""
     return max([highest_version(models, training), *job_versions]) + 1
@@ -135,56 +137,53 @@ class RunJob:
     train_request: str | None = None
 
 
-def is_recorded(training: Mapping[str, Any], models: Sequence[Mapping[str, Any]], job: RunJob) -> bool:
+def is_recorded(training: TrainingStatus, models: Sequence[ModelRecord], job: RunJob) -> bool:
     """Whether the finished `job`'s result is in status already (then it is never recorded again).
 
     By uid (failed runs too); a version older than the kept uids, or stored as a model, counts as
     recorded; a status that predates recordedJobs: every version below its last run's.
     """
-    recorded = training.get("recordedJobs")
+    recorded = training.recorded_jobs
     if job.uid and job.uid in (recorded or ()):
         return True
-    if any(m.get("version") == job.version for m in models):
+    if any(m.version == job.version for m in models):
         return True
-    last = training.get("lastRun") or {}
-    if last.get("finishedAt") and last.get("version") == job.version:
+    last = training.last_run or LastRun()
+    if last.finished_at and last.version == job.version:
         return True
-    if recorded is None and job.version < int(last.get("version") or 0):  # one run at a time: older ones were
+    if recorded is None and job.version < (last.version or 0):  # one run at a time: older ones were
         return True
-    return job.version <= int(training.get("highestVersion") or 0) - RECORDED_JOBS_KEPT
+    return job.version <= (training.highest_version or 0) - RECORDED_JOBS_KEPT
 
 
-def recorded_jobs(training: Mapping[str, Any], uid: str) -> list[str]:
-    """status.training.recordedJobs with `uid` added (bounded: the newest RECORDED_JOBS_KEPT)."""
-    kept = [u for u in training.get("recordedJobs") or [] if u != uid]
-    return (kept + [uid])[-RECORDED_JOBS_KEPT:] if uid else kept
+def recorded(training: TrainingStatus, uid: str) -> TrainingStatus:
+    """status.training with `uid` added to recordedJobs (bounded: the newest RECORDED_JOBS_KEPT)."""
+    kept = [u for u in training.recorded_jobs or () if u != uid]
+    return training.replace(recorded_jobs=tuple((kept + [uid])[-RECORDED_JOBS_KEPT:] if uid else kept))
 
 
-def adopted_fields(training: Mapping[str, Any], models: Sequence[Mapping[str, Any]], job: RunJob) -> dict[str, Any]:
-    """The status.training fields for a Job above every version the status knows, else {}.
+def adopted(training: TrainingStatus, models: Sequence[ModelRecord], job: RunJob) -> TrainingStatus:
+    """status.training with a Job above every version it knows adopted (else unchanged).
 
     Such a Job was created by an operator whose status write never landed (killed between the
     two) or by one that status cannot remember; it is this CR's run: count it, remember its version,
     and its train request, so the request is not served by a second run.
     """
     if job.version <= highest_version(models, training):
-        return {}
-    fields: dict[str, Any] = {"highestVersion": job.version, "runs": int(training.get("runs") or 0) + 1,
-                              "pending": None,
-                              "lastRun": {"job": job.name, "version": job.version, "startedAt": job.created,
-                                          "trigger": job.trigger}}
-    if job.train_request:
-        fields["lastTrainRequest"] = job.train_request
-    if training.get("lastLabeledImages") is not None:
-        fields["labeledImagesAtLastRun"] = training["lastLabeledImages"]
-    return fields
+        return training
+    return training.replace(
+        highest_version=job.version, runs=(training.runs or 0) + 1, pending=None,
+        last_run=LastRun(job=job.name, version=job.version, started_at=job.created, trigger=job.trigger),
+        last_train_request=job.train_request or training.last_train_request,
+        labeled_images_at_last_run=(training.last_labeled_images if training.last_labeled_images is not None
+                                    else training.labeled_images_at_last_run))
 
 
-def unfinished_run(training: Mapping[str, Any]) -> tuple[str, int] | None:
+def unfinished_run(training: TrainingStatus) -> tuple[str, int] | None:
     """(Job name, version) of the run status says was started and not yet recorded, else None."""
-    last = training.get("lastRun") or {}
-    if last.get("version") and last.get("job") and not last.get("finishedAt"):
-        return str(last["job"]), int(last["version"])
+    last = training.last_run
+    if last is not None and last.version and last.job and not last.finished_at:
+        return last.job, last.version
     return None
 
 
@@ -254,69 +253,61 @@ def judge(spec: Spec, result: TrainingResult, version: int, serving_version: int
 
 
 def model_record(result: TrainingResult, job: str, finished_at: str, verdict: Verdict,
-                 version: int | None = None) -> dict[str, Any]:
+                 version: int | None = None) -> ModelRecord:
     """The status.models entry of a finished run (`version`: the Job's, whatever the result claims)."""
-    record: dict[str, Any] = {
-        "version": version if version is not None else result.version,
-        "sha256": result.sha256,
-        "metrics": dict(result.metrics or {}),
-        "sparsity": result.sparsity,
-        "datasetVersion": result.datasetVersion,
-        "images": dict(result.images or {}),
-        "trainedAt": finished_at,
-        "job": job,
-        "promoted": verdict.promoted,
-        "reason": verdict.reason,
-        "message": verdict.message,
-    }
-    if result.classNames:
-        record["classNames"] = list(result.classNames)
-    if result.baseline:
-        record["baseline"] = {k: v for k, v in result.baseline.items() if k in ("version", "metrics", "error", "reason")}
-    if result.evaluatedOn:
-        record["evaluatedOn"] = dict(result.evaluatedOn)
-    if result.datasetGenerated is not None:
-        record["datasetGenerated"] = bool(result.datasetGenerated)
-    return record
+    baseline = {k: v for k, v in (result.baseline or {}).items() if k in ("version", "metrics", "error", "reason")}
+    return ModelRecord(
+        version=version if version is not None else int(result.version or 0),
+        sha256=result.sha256,
+        metrics=dict(result.metrics or {}),
+        sparsity=result.sparsity,
+        dataset_version=result.datasetVersion,
+        images=dict(result.images or {}),
+        trained_at=finished_at,
+        job=job,
+        promoted=verdict.promoted,
+        reason=verdict.reason,
+        message=verdict.message,
+        class_names=tuple(result.classNames or ()),
+        baseline=baseline,
+        evaluated_on=dict(result.evaluatedOn or {}),
+        dataset_generated=bool(result.datasetGenerated) if result.datasetGenerated is not None else None,
+    )
 
 
-def serving_model(spec: Spec, models: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def serving_model(spec: Spec, models: Sequence[ModelRecord]) -> ModelRecord | None:
     """The pinned version if stored, else the newest promoted (never rolled back) one, else None (seed)."""
     if spec.rollout.pinned_version is not None:
-        pinned = next((m for m in models if m.get("version") == spec.rollout.pinned_version), None)
+        pinned = next((m for m in models if m.version == spec.rollout.pinned_version), None)
         if pinned is not None:
             return pinned
-    promoted = [m for m in models if m.get("promoted") and not m.get("rolledBack")]
-    return max(promoted, key=lambda m: int(m.get("version") or 0), default=None)
+    promoted = [m for m in models if m.promoted and not m.rolled_back]
+    return max(promoted, key=lambda m: m.version, default=None)
 
 
-def serving_version(spec: Spec, models: Sequence[Mapping[str, Any]]) -> int:
+def serving_version(spec: Spec, models: Sequence[ModelRecord]) -> int:
     """The serving model's version, 0 for the seed."""
-    return int((serving_model(spec, models) or {}).get("version") or 0)
+    model = serving_model(spec, models)
+    return model.version if model is not None else 0
 
 
-def prune_history(models: Sequence[Mapping[str, Any]], limit: int, keep: int | None) -> list[dict[str, Any]]:
+def prune_history(models: Sequence[ModelRecord], limit: int, keep: int | None) -> list[ModelRecord]:
     """Newest first, at most `limit`, never dropping the serving version `keep`."""
-    ordered = sorted((dict(m) for m in models), key=lambda m: int(m.get("version") or 0), reverse=True)
+    ordered = sorted(models, key=lambda m: m.version, reverse=True)
     kept = ordered[:limit]
-    if keep is not None and all(m.get("version") != keep for m in kept):
-        serving = next((m for m in ordered if m.get("version") == keep), None)
+    if keep is not None and all(m.version != keep for m in kept):
+        serving = next((m for m in ordered if m.version == keep), None)
         if serving is not None:
             kept = kept[: limit - 1] + [serving]
     return kept
 
 
-def mark_rolled_back(models: Sequence[Mapping[str, Any]], version: int, message: str) -> list[dict[str, Any]]:
-    out = []
-    for m in models:
-        m = dict(m)
-        if m.get("version") == version:
-            m.update(promoted=False, rolledBack=True, reason="RolloutFailed", message=message)
-        out.append(m)
-    return out
+def mark_rolled_back(models: Sequence[ModelRecord], version: int, message: str) -> list[ModelRecord]:
+    return [dataclasses.replace(m, promoted=False, rolled_back=True, reason="RolloutFailed", message=message)
+            if m.version == version else m for m in models]
 
 
-__all__ = ["RECORDED_JOBS_KEPT", "RunJob", "Triggers", "Verdict", "adopted_fields", "evaluate_triggers",
+__all__ = ["RECORDED_JOBS_KEPT", "RunJob", "Triggers", "Verdict", "adopted", "evaluate_triggers",
            "highest_version", "is_recorded", "judge", "mark_rolled_back", "model_record", "next_version", "poll_delay",
-           "poll_due", "polled_fields", "prune_history", "recorded_jobs", "serving_model", "serving_version",
+           "poll_due", "polled", "prune_history", "recorded", "serving_model", "serving_version",
            "unfinished_run"]

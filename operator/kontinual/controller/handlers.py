@@ -17,6 +17,7 @@ from kontinual.controller.metrics import METRICS, serve
 from kontinual.controller.operator_logging import setup_logging
 from kontinual.controller.reconcile import Outcome, forget, reconcile
 from kontinual.controller.settings import Settings
+from kontinual.controller.statusdata import TrainingStatus
 
 log = logging.getLogger(__name__)
 registry = kopf.OperatorRegistry()
@@ -155,7 +156,7 @@ def _poll_due(body: kopf.Body, uid: str) -> bool:
     poller = polling.current()
     if not trigger.get("minNewLabeledImages") or poller is None or poller.pending(uid):
         return False
-    training = (body.get("status") or {}).get("training") or {}
+    training = TrainingStatus.from_dict((body.get("status") or {}).get("training"))
     return decisions.poll_due(training, datetime.datetime.now(datetime.timezone.utc))
 
 

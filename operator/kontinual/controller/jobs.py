@@ -11,10 +11,11 @@ from kontinual.common.names import MOUNTS_MODELS_LABEL, ROBOFLOW_API_KEY_ENV, TE
 from kontinual.controller.builders import (MODELS_MOUNT, container_security, fetch_container, labels,
                                 metadata, pod_security, sparsezoo_env,
                                 with_colocation)
-from kontinual.common.classnames import COCO_NAMES, version_names
+from kontinual.common.classnames import COCO_NAMES
 from kontinual.common.contract import RESULT_FILE
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
+from kontinual.controller.statusdata import ModelRecord
 
 RECIPE_DIR = "/etc/kontinual/recipe"
 INPUTS = "/inputs"  # downloaded or other-claim inputs (recipe, base weights)
@@ -101,13 +102,12 @@ class Baseline:
     class_names: tuple[str, ...]
 
     @classmethod
-    def of(cls, spec: Spec, serving: Mapping[str, Any] | None) -> "Baseline":
+    def of(cls, spec: Spec, serving: ModelRecord | None) -> "Baseline":
         """From the serving model's status.models[] record, or the seed when None."""
         if serving is None:
             return cls(0, spec.model.uri, spec.seed_class_names)
-        version = int(serving["version"])
-        return cls(version, f"pvc://{spec.storage.claim_name}/v{version}/model.onnx",
-                   version_names(serving, spec.class_names))
+        return cls(serving.version, f"pvc://{spec.storage.claim_name}/v{serving.version}/model.onnx",
+                   serving.names(spec.class_names))
 
 
 def generation_settings(spec: Spec) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from kubernetes.client.rest import ApiException
 
 from kontinual.common.names import ANNOTATION_MODEL_VERSION
 from kontinual.controller import access, builders, decisions, k8s, polling, training_runs
-from kontinual.common import classnames
 from kontinual.controller.builders import ModelTarget
 from kontinual.controller.settings import Settings
+from kontinual.controller.statusdata import ModelRecord, ServingStatus, models_from
 from kontinual.controller.spec import Spec, parse
 from kontinual.controller.specfields import SpecError
 from kontinual.controller.status import (AVAILABLE, DEGRADED, RECONCILED, READY, TRAINING, Condition, availability,
@@ -48,13 +48,12 @@ def now() -> str:
     return decisions.iso(utcnow())
 
 
-def serving_target(spec: Spec, models: Sequence[Mapping[str, Any]]) -> ModelTarget:
+def serving_target(spec: Spec, models: Sequence[ModelRecord]) -> ModelTarget:
     """Which model to serve: the pinned version, else the newest promoted one, else the seed model."""
     model = decisions.serving_model(spec, models)
     if model is None:
         return ModelTarget.seed(spec)
-    return ModelTarget.trained(spec, int(model["version"]), model.get("sha256"),
-                               classnames.version_names(model, spec.class_names))
+    return ModelTarget.trained(spec, model.version, model.sha256, model.names(spec.class_names))
 
 
 def lock_for(namespace: str, name: str) -> threading.Lock:
@@ -142,14 +141,14 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
     conditions: list[Condition] = []
     events: list[Event] = []
     fields: dict[str, Any] = {}
-    models = [dict(m) for m in previous.get("models") or []]
+    models = models_from(previous.get("models"))
     poll = None
     conflicts: list[k8s.ChildConflict] = []
     try:
         if spec.training is not None:
             state = training_runs.run(spec, previous, meta.get("annotations") or {}, settings, utcnow())
             models, conditions, events, poll = state.models, state.conditions, state.events, state.poll
-            fields["training"] = state.training
+            fields["training"] = state.training.to_dict()
         target = serving_target(spec, models)
         deploy = _apply_serving(spec, settings, target, conflicts)
         stalled = _stalled_version(deploy)
@@ -184,15 +183,11 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         reconciled = Condition(RECONCILED, True, "ChildrenApplied", f"{applied}; but {conflict}" if conflict else applied)
     conditions += [reconciled, availability(deploy, wanted_generation)]
     if models or spec.training is not None:
-        fields["models"] = models
-    fields["serving"] = {
-        "version": target.version,
-        "uri": target.source.uri,
-        "sha256": target.sha256,
-        "classNames": list(target.class_names) or None,
-        "url": builders.server_url(spec),
-        "readyReplicas": ((deploy or {}).get("status") or {}).get("readyReplicas") or 0,
-    }
+        fields["models"] = [m.to_dict() for m in models]
+    fields["serving"] = ServingStatus(
+        version=target.version, uri=target.source.uri, sha256=target.sha256, class_names=tuple(target.class_names),
+        url=builders.server_url(spec), ready_replicas=((deploy or {}).get("status") or {}).get("readyReplicas") or 0,
+    ).to_dict()
     status = _report(namespace, name, previous, generation, conditions, fields)
     return Outcome(spec=spec, status=status, events=tuple(events))
 

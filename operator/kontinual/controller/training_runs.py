@@ -8,6 +8,7 @@ instead of starting a second one, and a finished Job's result is recorded exactl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from kontinual.controller.polling import PollRequest
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
 from kontinual.controller.status import DEGRADED, TRAINING, Condition
+from kontinual.controller.statusdata import LastRun, ModelRecord, TrainingStatus, models_from
 
 log = logging.getLogger(__name__)
 Event = tuple[str, str, str]  # type (Normal|Warning), reason, message
@@ -30,8 +32,8 @@ Event = tuple[str, str, str]  # type (Normal|Warning), reason, message
 
 @dataclass
 class LoopState:
-    training: dict[str, Any]
-    models: list[dict[str, Any]]
+    training: TrainingStatus
+    models: list[ModelRecord]
     conditions: list[Condition] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     poll: PollRequest | None = None  # a Roboflow poll to ask for once the serving children are applied
@@ -136,14 +138,12 @@ def _record(spec: Spec, state: LoopState, run: decisions.RunJob, result: Trainin
             job_status: Mapping[str, Any]) -> None:
     version, name = run.version, run.name
     finished = job_status.get("completionTime") or now
-    previous = state.training.get("lastRun") or {}
-    same = previous.get("version") == version
-    started = job_status.get("startTime") or (previous.get("startedAt") if same else run.created)
-    last = {"job": name, "version": version, "startedAt": started, "finishedAt": finished,
-            "result": result.status, "reason": result.reason, "message": result.message,
-            "trigger": previous.get("trigger") if same else run.trigger}
-    state.training["lastRun"] = last
-    state.training["recordedJobs"] = decisions.recorded_jobs(state.training, run.uid)
+    previous = state.training.last_run or LastRun()
+    same = previous.version == version
+    started = job_status.get("startTime") or (previous.started_at if same else run.created)
+    last = LastRun(job=name, version=version, started_at=started, finished_at=finished, result=result.status,
+                   reason=result.reason, message=result.message, trigger=previous.trigger if same else run.trigger)
+    state.training = decisions.recorded(state.training.replace(last_run=last), run.uid)
     if not result.succeeded:
         state.events.append(("Warning", "TrainingFailed", f"{name}: {result.reason}: {result.message}"))
         state.conditions.append(Condition(DEGRADED, True, result.reason or "TrainingFailed",
@@ -153,7 +153,7 @@ def _record(spec: Spec, state: LoopState, run: decisions.RunJob, result: Trainin
     state.events.append(("Normal", "TrainingSucceeded", f"{name}: v{version} {metrics}"))
     verdict = decisions.judge(spec, result, version, decisions.serving_version(spec, state.models))
     state.models.append(decisions.model_record(result, name, finished, verdict, version))
-    last["promoted"] = verdict.promoted
+    state.training = state.training.replace(last_run=dataclasses.replace(last, promoted=verdict.promoted))
     if verdict.promoted:
         state.events.append(("Normal", "ModelPromoted", f"v{version}: {verdict.message}"))
         state.conditions.append(Condition(DEGRADED, False, "ModelPromoted", f"v{version} promoted: {verdict.message}"))
@@ -174,11 +174,12 @@ def _observe(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[M
     """
     busy = None
     for job in owned:  # a Job above every version status knows: this CR's run, whose status write was lost
-        state.training.update(decisions.adopted_fields(state.training, state.models, _run_job(job)))
+        state.training = decisions.adopted(state.training, state.models, _run_job(job))
     for job in owned:
         run, outcome = _run_job(job), _finished(job)
         if outcome is None:
-            busy = state.training["activeJob"] = run.name
+            busy = run.name
+            state.training = state.training.replace(active_job=run.name)
             continue
         if decisions.is_recorded(state.training, state.models, run):
             continue
@@ -225,9 +226,9 @@ def _take_poll(spec: Spec, state: LoopState, settings: Settings, now: datetime.d
     result = poller.take(spec.uid) if poller is not None else None
     labeled = None
     if result is not None and result.source == request.source:
-        previous_error = state.training.get("pollError")
-        state.training.update(decisions.polled_fields(state.training, labeled=result.labeled, error=result.error,
-                                                 finished=result.finished, poll_seconds=settings.roboflow_poll_seconds))
+        previous_error = state.training.poll_error
+        state.training = decisions.polled(state.training, error=result.error, finished=result.finished,
+                                          poll_seconds=settings.roboflow_poll_seconds)
         labeled = result.labeled
         if result.error:
             log.warning("%s/%s: %s", spec.namespace, spec.name, result.error)
@@ -240,38 +241,39 @@ def _take_poll(spec: Spec, state: LoopState, settings: Settings, now: datetime.d
 
 def run(spec: Spec, previous: Mapping[str, Any], annotations: Mapping[str, str], settings: Settings,
         now: datetime.datetime) -> LoopState:
-    state = LoopState(training=dict(previous.get("training") or {}),
-                      models=[dict(m) for m in previous.get("models") or []])
+    state = LoopState(training=TrainingStatus.from_dict(previous.get("training")),
+                      models=models_from(previous.get("models")))
     stamp = decisions.iso(now)
     owned = [j for j in k8s.list_objects("Job", spec.namespace, f"{VERSION_LABEL},{MODEL_LABEL}={spec.name}")
              if _owned_by(j, spec.uid) and _job_version(j)]
     owned.sort(key=_job_version)
-    state.training["activeJob"] = None
+    state.training = state.training.replace(active_job=None)
     busy = _observe(spec, state, settings, owned, stamp)
-    active = state.training.get("activeJob")
+    active = state.training.active_job
 
     labeled = _take_poll(spec, state, settings, now)
     triggers = decisions.evaluate_triggers(spec, state.training, now=now, labeled=labeled,
                                       train_request=annotations.get(TRAIN_REQUEST_ANNOTATION))
-    state.training.update(triggers.fields)
-    wanted = "; ".join(triggers.reasons) or state.training.get("pending")
+    state.training = triggers.training
+    wanted = "; ".join(triggers.reasons) or state.training.pending
     if busy is None and wanted:
         active = busy = _start(spec, state, settings, owned, str(wanted), stamp)
     elif busy is not None and triggers.reasons:
-        state.training["pending"] = wanted  # served once after the running Job, never stacked
+        state.training = state.training.replace(pending=wanted)  # served once after the running Job, never stacked
         state.events.append(("Normal", "TrainingQueued", f"{wanted}; waits for {busy}"))
-    state.training["activeJob"] = active
+    state.training = state.training.replace(active_job=active)
     if active:
         state.conditions.append(Condition(TRAINING, True, "JobRunning", f"{active} is training"))
     elif busy:
         state.conditions.append(Condition(TRAINING, True, "ReadingResult",
                                           f"reading the result of {busy} from the model claim"))
     else:
-        last = state.training.get("lastRun") or {}
-        state.conditions.append(Condition(TRAINING, False, "Idle", f"last run: {last.get('job')} {last.get('result')}"
+        last = state.training.last_run
+        state.conditions.append(Condition(TRAINING, False, "Idle", f"last run: {last.job} {last.result}"
                                           if last else "no training run yet"))
-    keep = (decisions.serving_model(spec, state.models) or {}).get("version")
-    state.models = decisions.prune_history(state.models, spec.rollout.history_limit, keep)
+    serving = decisions.serving_model(spec, state.models)
+    state.models = decisions.prune_history(state.models, spec.rollout.history_limit,
+                                           serving.version if serving else None)
     return state
 
 
@@ -279,13 +281,13 @@ def _start(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[Map
            reason: str, stamp: str) -> str | None:
     version = decisions.next_version(state.models, state.training, [_job_version(j) for j in owned])
     serving = decisions.serving_model(spec, state.models)
-    base = (serving or {}).get("version")
-    labeled_at_last_run = state.training.get("labeledImagesAtLastRun")
-    request = state.training.get("lastTrainRequest")
+    base = serving.version if serving else None
+    labeled_at_last_run = state.training.labeled_images_at_last_run
+    request = state.training.last_train_request
     notes = {TRIGGER_ANNOTATION: reason[:1000], **({TRAIN_REQUEST_ANNOTATION: str(request)} if request else {})}
     job = jobs.training_job(spec, settings, version=version, base_weights=base,
                             baseline=jobs.Baseline.of(spec, serving), annotations=notes,
-                            labeled_at_last_run=int(labeled_at_last_run) if labeled_at_last_run is not None else None)
+                            labeled_at_last_run=labeled_at_last_run)
     name = str(job["metadata"]["name"])
     try:
         k8s.create(job)  # None when it exists already: the same run, never a second one
@@ -298,9 +300,11 @@ def _start(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[Map
         state.events.append(("Warning", "ChildConflict", str(exc)))
         state.conditions.append(Condition(DEGRADED, True, "ChildConflict", f"training run v{version} not started: {exc}"))
         return None
-    state.training.update(runs=int(state.training.get("runs") or 0) + 1, pending=None, highestVersion=version,
-                          lastRun={"job": name, "version": version, "startedAt": stamp, "trigger": reason})
-    if state.training.get("lastLabeledImages") is not None:
-        state.training["labeledImagesAtLastRun"] = state.training["lastLabeledImages"]
+    training = state.training
+    state.training = training.replace(
+        runs=(training.runs or 0) + 1, pending=None, highest_version=version,
+        last_run=LastRun(job=name, version=version, started_at=stamp, trigger=reason),
+        labeled_images_at_last_run=(training.last_labeled_images if training.last_labeled_images is not None
+                                    else training.labeled_images_at_last_run))
     state.events.append(("Normal", "TrainingStarted", f"{name}: {reason}"))
     return name
