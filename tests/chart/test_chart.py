@@ -213,6 +213,7 @@ EVERY_SETTING = {
     "watchNamespaces": ("{team-a}", "watch_namespaces", ("team-a",)),
     "serverImage.repository": ("registry.local/srv", "server_image", "registry.local/srv:0.1.0"),
     "trainerImage.tag": ("cuda", "trainer_image", "kontinual/trainer:cuda"),
+    "serverOpenvinoImage.tag": ("ov", "openvino_server_image", "kontinual/server-openvino:ov"),
     "roboflow.apiUrl": ("https://rf.internal", "roboflow_api_url", "https://rf.internal"),
     "roboflow.allowedApiUrls": ("{https://rf2.internal}", "roboflow_api_urls", ("https://rf2.internal",)),
     "roboflow.pollSeconds": ("31", "roboflow_poll_seconds", 31),
