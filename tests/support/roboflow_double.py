@@ -2,9 +2,13 @@
 
 Endpoint shapes follow /work/shared/facts/dependencies.md (what the `roboflow` SDK sends, base URL
 from env `API_URL`): key check, workspace, project, version, yolov5pytorch export (202 once, then
-200 with a zip link), zip download, upload (duplicate detection by content hash) and annotate
-(409 "already annotated" on a second annotation). It records everything it receives and has
-switches for latency, injected error statuses, a bad key and an outage. Test code, not product.
+200 with a zip link), zip download, upload (duplicate detection by content hash), annotate
+(409 "already annotated" on a second annotation) and version generation (`POST /{ws}/{proj}/generate`
+with the settings JSON, as `Project.generate_version` sends it: 200 `{"message", "version"}`, then the
+version answers `generating: true, images: 0` for `generation_polls` status requests before it is
+ready, built from the images labeled in the project and resized as `preprocessing.resize` says).
+It records everything it receives and has switches for latency, injected error statuses, a bad key,
+an outage and bad answers to generation. Test code, not product.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class _Project:
     annotated_ids: set[str] = field(default_factory=set)  # any annotation (a second one gets 409)
     labeled_ids: set[str] = field(default_factory=set)  # non-prediction annotations: "annotated" images
     versions: dict[int, "_Version"] = field(default_factory=dict)
+    labeled_dir: Path | None = None  # the images people labeled in the project (label_images)
+    labeled_images: int = 0
 
 
 @dataclass
@@ -78,6 +84,8 @@ class _Version:
     names: list[str]
     created: float = field(default_factory=time.time)
     export_polls: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)  # preprocessing and augmentation, when generated
+    generating_polls: int = 0  # status requests still to answer "generating"
 
 
 def _zip_dataset(dataset_dir: Path) -> tuple[bytes, dict[str, int], list[str]]:
@@ -95,6 +103,38 @@ def _zip_dataset(dataset_dir: Path) -> tuple[bytes, dict[str, int], list[str]]:
         for file in sorted(p for p in dataset_dir.rglob("*") if p.is_file()):
             archive.write(file, file.relative_to(dataset_dir).as_posix())
     return buffer.getvalue(), splits, list(names)
+
+
+def _image_files(dataset_dir: Path) -> list[Path]:
+    return [p for s in ("train", "valid", "test") for p in sorted((dataset_dir / s / "images").glob("*"))]
+
+
+def _generated_zip(dataset_dir: Path, preprocessing: dict[str, Any]) -> tuple[bytes, dict[str, int], list[str]]:
+    """The labeled images as a yolov5pytorch export, each image resized as Roboflow's "Stretch to" does
+    (normalized YOLO labels are unchanged by a stretch)."""
+    from PIL import Image
+
+    resize = preprocessing.get("resize")
+    size = None
+    if resize is not None:
+        if not isinstance(resize, dict) or not all(isinstance(resize.get(k), int) and resize[k] > 0
+                                                   for k in ("width", "height")):
+            raise ValueError(f"preprocessing.resize needs positive integer width and height, got {resize!r}")
+        size = (resize["width"], resize["height"])
+    _, splits, names = _zip_dataset(dataset_dir)
+    images = set(_image_files(dataset_dir))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(p for p in dataset_dir.rglob("*") if p.is_file()):
+            name = file.relative_to(dataset_dir).as_posix()
+            if file in images and size is not None:
+                with Image.open(file) as image:
+                    out = io.BytesIO()
+                    image.convert("RGB").resize(size).save(out, format="JPEG", quality=95)
+                archive.writestr(str(Path(name).with_suffix(".jpg")), out.getvalue())
+            else:
+                archive.write(file, name)
+    return buffer.getvalue(), splits, names
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -137,6 +177,9 @@ class RoboflowDouble:
         self.requests: list[RecordedRequest] = []
         self.uploads: list[Upload] = []
         self.annotations: list[Annotation] = []
+        self.generation_polls = 2  # status requests a generated version answers "generating" to
+        self.generate_answer: tuple[int, bytes] | None = None  # (status, raw body) instead of generating
+        self.never_finish = False  # generated versions stay "generating" for ever
         self._projects: dict[str, _Project] = {}
         self._failures: list[int] = []
         self._lock = threading.RLock()
@@ -186,6 +229,20 @@ class RoboflowDouble:
         with self._lock:
             self._project(project).versions[int(version)] = _Version(int(version), zip_bytes, splits, names)
 
+    def label_images(self, project: str, dataset_dir: Path) -> None:
+        """The project's images as people labeled them (a YOLOv5-format folder, splits as assigned):
+        what the next generated version is made of; they count as annotated images."""
+        dataset_dir = Path(dataset_dir)
+        _zip_dataset(dataset_dir)  # the same checks as add_version
+        with self._lock:
+            record = self._project(project)
+            record.labeled_dir, record.labeled_images = dataset_dir, len(_image_files(dataset_dir))
+
+    def generated(self, project: str) -> dict[int, dict[str, Any]]:
+        """The versions generated through the API: number -> the settings they were generated with."""
+        with self._lock:
+            return {n: v.settings for n, v in self._project(project).versions.items() if v.settings}
+
     def set_annotated(self, project: str, count: int) -> None:
         with self._lock:
             self._project(project).annotated = int(count)
@@ -202,7 +259,7 @@ class RoboflowDouble:
         uploaded = len(project.images_by_hash)
         annotated = project.annotated
         if annotated is None:
-            annotated = len(project.labeled_ids)
+            annotated = len(project.labeled_ids) + project.labeled_images
         images = max(uploaded, annotated)
         classes: dict[str, int] = {}
         for version in project.versions.values():
@@ -215,14 +272,37 @@ class RoboflowDouble:
             "splits": {"train": images}, "colors": {}, "classes": classes,
         }
 
-    def _version_json(self, project: _Project, version: _Version) -> dict[str, Any]:
+    def _version_json(self, project: _Project, version: _Version, *, poll: bool = False) -> dict[str, Any]:
+        """A version's JSON; `poll`: a status request, which moves a generation on."""
+        generating = self.never_finish and bool(version.settings) or version.generating_polls > 0
+        if poll and version.generating_polls > 0:
+            version.generating_polls -= 1
         return {
             "id": f"{self.workspace}/{project.name}/{version.number}", "name": project.name,
             "version": str(version.number), "created": version.created,
-            "images": sum(version.splits.values()), "splits": version.splits,
-            "preprocessing": {}, "augmentation": {}, "exports": [],
-            "generating": False, "progress": 1,
+            "images": 0 if generating else sum(version.splits.values()), "splits": version.splits,
+            "preprocessing": version.settings.get("preprocessing", {}),
+            "augmentation": version.settings.get("augmentation", {}), "exports": [],
+            "generating": generating, "progress": 0.5 if generating else 1,
         }
+
+    def _generate(self, project_name: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST /{ws}/{proj}/generate: a new version from the labeled images, generated asynchronously."""
+        settings = json.loads(body or b"null")
+        if not isinstance(settings, dict) or not all(isinstance(settings.get(k), dict)
+                                                     for k in ("preprocessing", "augmentation")):
+            return 400, _error("Version generation needs a JSON body with preprocessing and augmentation "
+                               "objects.", "InvalidSettingsException")
+        project = self._projects.get(project_name)
+        if project is None:
+            return 404, _error(f'Dataset with ID "{project_name}" does not exist or cannot be loaded.')
+        if project.labeled_dir is None:
+            return 400, _error("This project has no annotated images to generate a version from.")
+        zip_bytes, splits, names = _generated_zip(project.labeled_dir, settings["preprocessing"])
+        number = max(project.versions, default=0) + 1
+        project.versions[number] = _Version(number, zip_bytes, splits, names, settings=settings,
+                                            generating_polls=self.generation_polls)
+        return 200, {"message": "Version generation started", "version": number}
 
 
 def _error(message: str, type_: str = "GraphMethodException") -> dict[str, Any]:
@@ -283,6 +363,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._upload(seg[1], query, body)
         if method == "POST" and len(seg) == 4 and seg[0] == "dataset" and seg[2] == "annotate":
             return self._annotate(seg[1], seg[3], query, body)
+        if method == "POST" and len(seg) == 3 and seg[0] == rf.workspace and seg[2] == "generate":
+            if rf.generate_answer is not None:
+                status, raw = rf.generate_answer
+                return self._send(status, raw=raw)
+            with rf._lock:
+                return self._send(*rf._generate(seg[1], body))
         if method != "GET" or not seg or seg[0] != rf.workspace:
             return self._send(404, _error(f"Unsupported {method} request for /{'/'.join(seg)}."))
         with rf._lock:
@@ -303,8 +389,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(404, _error(f"Version {seg[2]} of {seg[1]} does not exist."))
             if len(seg) == 3:
                 return self._send(200, {"workspace": workspace, "project": rf._project_json(project),
-                                        "version": rf._version_json(project, version)})
+                                        "version": rf._version_json(project, version, poll=True)})
             if len(seg) == 4 and seg[3] == EXPORT_FORMAT:
+                if rf._version_json(project, version)["generating"]:
+                    return self._send(400, _error(f"Version {version.number} is still generating."))
                 version.export_polls += 1
                 if version.export_polls == 1:
                     return self._send(202, {"ready": False, "progress": 0.5})

@@ -140,6 +140,18 @@ def _download_once(key: str, workspace: str, project: str, version: str, target:
     return target, version
 
 
+def _refusal(exc: Exception) -> str:
+    """What a failed generate_version call means: the SDK raises Roboflow's error object, its own
+    RuntimeError for an answer that is not JSON, and KeyError/ValueError for a 200 without the fields."""
+    if isinstance(exc, RuntimeError) and exc.args and isinstance(exc.args[0], dict):
+        error = exc.args[0]
+        return f"Roboflow answered: {error.get('message') or error}"
+    if isinstance(exc, (KeyError, ValueError, TypeError)):
+        return (f"its answer to POST /<workspace>/<project>/generate lacks what the API returns "
+                f"({type(exc).__name__}: {exc}); expected {{\"message\": ..., \"version\": N}}")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def generate(workspace: str, project: str, settings: dict, *, timeout: float,
              labeled_at_last_run: int | None, poll_seconds: float = 5.0) -> str | None:
     """Ask Roboflow for a fresh dataset version and wait (at most `timeout` s) until it is generated.
@@ -180,8 +192,8 @@ def generate(workspace: str, project: str, settings: dict, *, timeout: float,
         raise
     except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError, HTTP errors, KeyError
         sys.stdout = saved
-        raise TrainingError(DATASET_GENERATION_FAILED, scrub(f"Roboflow refused to generate a new version of "
-                            f"{workspace}/{project}: {type(exc).__name__}: {exc}", key)[:800]) from exc
+        raise TrainingError(DATASET_GENERATION_FAILED, scrub(f"Roboflow did not generate a new version of "
+                            f"{workspace}/{project}: {_refusal(exc)}", key)[:800]) from exc
     sys.stdout = saved
     if number is None:
         return None
