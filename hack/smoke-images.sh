@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the three images and run each the way the operator runs it (uid 10001, read-only root,
+# Build the four images and run each the way the operator runs it (uid 10001, read-only root,
 # /tmp as tmpfs, no capabilities): the trainer trains 2 epochs at 64 px on a synthetic dataset
 # into a models volume, the server serves that model with the config `kontinual render` makes,
 # and an image is sent to it. Prints the image sizes. Needs docker and the test venv (make venv).
@@ -16,13 +16,14 @@ server_args=()
 [[ -n ${SERVER_TORCH_INDEX_URL:-} ]] && server_args+=(--build-arg "TORCH_INDEX_URL=$SERVER_TORCH_INDEX_URL")
 
 work=$(mktemp -d)
-cleanup() { docker rm -f kontinual-smoke-server >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { docker rm -f kontinual-smoke-server kontinual-smoke-openvino >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 export DOCKER_BUILDKIT=1  # the per-Dockerfile .dockerignore files need BuildKit
 docker build -f images/operator/Dockerfile ${args[@]+"${args[@]}"} -t "kontinual/operator:$TAG" .
 docker build -f images/server/Dockerfile ${args[@]+"${args[@]}"} ${server_args[@]+"${server_args[@]}"} \
     -t "kontinual/server:$TAG" .
+docker build -f images/server-openvino/Dockerfile ${args[@]+"${args[@]}"} -t "kontinual/server-openvino:$TAG" .
 docker build -f images/trainer/Dockerfile ${args[@]+"${args[@]}"} --build-arg "TORCH_VARIANT=${TORCH_VARIANT:-cpu}" \
     -t "kontinual/trainer:$TAG" .
 
@@ -55,5 +56,19 @@ for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/
 $PY -c "from PIL import Image; Image.new('RGB', (64, 64), (120, 60, 30)).save('$work/img.jpg')"
 curl -sf -F "request=@$work/img.jpg" "http://127.0.0.1:$port/v2/models/demo/infer/from_files" | grep -q '"boxes"'
 echo "served: POST /v2/models/demo/infer/from_files -> 200 with boxes"
+
+echo "==> server-openvino: the same model and route with spec.serving.runtime openvino"
+mkdir -p "$work/config-openvino"
+printf '  serving:\n    runtime: openvino\n' >> "$work/cr.yaml"
+.venv/bin/kontinual render -f "$work/cr.yaml" | $PY -c "import sys, yaml; \
+[open(sys.argv[1], 'w').write(d['data']['server.yaml']) for d in yaml.safe_load_all(sys.stdin) \
+ if d and d['kind'] == 'ConfigMap']" "$work/config-openvino/server.yaml"
+grep -q '^runtime: openvino' "$work/config-openvino/server.yaml"
+port=$($PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+docker run -d --name kontinual-smoke-openvino "${hardened[@]}" -v "$work/models:/models:ro" \
+    -v "$work/config-openvino:/etc/kontinual:ro" -p "127.0.0.1:$port:5543" "kontinual/server-openvino:$TAG" >/dev/null
+for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/v2/models/demo/ready" >/dev/null && break; sleep 1; done
+curl -sf -F "request=@$work/img.jpg" "http://127.0.0.1:$port/v2/models/demo/infer/from_files" | grep -q '"boxes"'
+echo "served by server-openvino: POST /v2/models/demo/infer/from_files -> 200 with boxes"
 
 docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep ":$TAG"
