@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from kontinual.controller import builders
 from kontinual.controller.builders import ModelTarget
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec, SpecError, parse
-from kontinual.serving.capture import CaptureConfig
+from kontinual.common.capture_settings import CaptureSettings
 from tests.unit.test_render import documents, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +22,6 @@ SETTINGS = Settings(server_image="registry.example/kontinual/server:1.2.3",
                     openvino_server_image="registry.example/kontinual/server-openvino:1.2.3")
 ONNX = "https://models.example.com/yolov5s.onnx"
 ROBOFLOW = {"workspace": "acme", "project": "soccer-players", "apiKeySecretRef": {"name": "roboflow", "key": "apiKey"}}
-# Keywords the kserve runtime reads besides CaptureConfig's fields (kserve_runtime._CAPTURE_KEYS).
-RUNTIME_CAPTURE_KEYS = {"api_url", "metrics_port", "api_key_env"}
 
 
 def make_spec(runtime: str | None = "openvino", uri: str = ONNX, **extra: Any) -> Spec:
@@ -101,8 +98,8 @@ def test_data_capture_reuses_the_capture_core_settings() -> None:
     spec = make_spec(classNames=["ball", "player"], model={"uri": ONNX, "classNames": ["ball", "player"]},
                      dataLogging={"frequency": 25, "uploadPredictions": True, "roboflow": ROBOFLOW})
     capture = server_yaml(spec)["capture"]
-    fields = {f.name for f in dataclasses.fields(CaptureConfig)}
-    assert set(capture) - RUNTIME_CAPTURE_KEYS <= fields, set(capture) - RUNTIME_CAPTURE_KEYS - fields
+    settings = CaptureSettings.from_mapping(capture)  # what the kserve runtime parses it with
+    assert settings.to_mapping() == capture
     assert (capture["workspace"], capture["project"], capture["frequency"]) == ("acme", "soccer-players", 25)
     assert capture["upload_predictions"] is True and capture["class_names"] == ["ball", "player"]
     assert capture["api_key_env"] == "ROBOFLOW_API_KEY"

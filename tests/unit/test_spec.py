@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from kontinual.controller.settings import Settings
-from kontinual.controller.spec import DEFAULT_METRICS_PORT, DEFAULT_PORT, ModelSource, SpecError, parse
+from kontinual.common.capture_settings import DEFAULT_METRICS_PORT
+from kontinual.controller.spec import DEFAULT_PORT, ModelSource, SpecError, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ZOO = "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"

@@ -14,7 +14,8 @@ the operator image shows the local install's path; `logger_file=` overrides it.
 
 Sampling: both data_logging entries use `frequency: 1` and the logger gets the spec's
 frequency (see kontinual.serving.roboflow_logger for why: reliable input/output pairing).
-No secret is ever rendered: the logger reads the key from the pod's environment.
+The logger entry is `kontinual.common.capture_settings.CaptureSettings`, the one shape the server
+side parses back. No secret is ever rendered: the logger reads the key from the pod's environment.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from kontinual.common.names import ROBOFLOW_API_KEY_ENV
+from kontinual.common.capture_settings import CaptureSettings
 from kontinual.controller.spec import DataLogging
 
 LOGGER_NAME = "roboflow"
 LOGGER_CLASS = "RoboflowLogger"
-LOGGER_MODULE = "kontinual.serving.roboflow_logger"  # what the entry file imports
-API_KEY_ENV = ROBOFLOW_API_KEY_ENV  # the Deployment sets it from spec.dataLogging.roboflow.apiKeySecretRef
 SERVER_VENV = "/opt/kontinual"  # images/server/Dockerfile and images/operator/Dockerfile
 SERVER_PLUGIN_FILE = f"{SERVER_VENV}/lib/python3.11/site-packages/kontinual/serving/deepsparse_plugin.py"
 
@@ -44,25 +43,14 @@ def plugin_file() -> str:
 
 def capture_settings(data_logging: DataLogging, *, endpoint: str, model_version: str,
                      class_names: tuple[str, ...]) -> dict[str, Any]:
-    """The capture core's keywords, for both runtimes: the DeepSparse logger's and the kserve runtime's `capture`."""
+    """CaptureSettings as the server config carries them, for both runtimes: the DeepSparse logger's and kserve's `capture`."""
     rf = data_logging.roboflow
-    return {
-        "endpoint": endpoint,
-        "model_version": str(model_version),
-        "workspace": rf.workspace,
-        "project": rf.project,
-        "api_url": rf.api_url,
-        "split": rf.split,
-        "batch": rf.batch,
-        "tags": list(rf.tags),
-        "class_names": list(class_names),
-        "upload_predictions": bool(data_logging.upload_predictions),
-        "frequency": int(data_logging.frequency),
-        "max_per_minute": int(data_logging.max_per_minute),
-        "queue_size": int(data_logging.queue_size),
-        "metrics_port": int(data_logging.metrics_port),
-        "api_key_env": API_KEY_ENV,
-    }
+    return CaptureSettings(
+        endpoint=endpoint, model_version=str(model_version), workspace=rf.workspace, project=rf.project,
+        api_url=rf.api_url, split=rf.split, batch=rf.batch, tags=tuple(rf.tags), class_names=tuple(class_names),
+        upload_predictions=data_logging.upload_predictions, frequency=data_logging.frequency,
+        max_per_minute=data_logging.max_per_minute, queue_size=data_logging.queue_size,
+        metrics_port=data_logging.metrics_port).to_mapping()
 
 
 def render_logging(data_logging: DataLogging, *, endpoint: str, model_version: str,

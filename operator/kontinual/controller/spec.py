@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 
+from kontinual.common.capture_settings import DEFAULT_METRICS_PORT
 from kontinual.common.classnames import seed_names
 from kontinual.common.names import DEEPSPARSE_RUNTIME, RUNTIMES
 from kontinual.controller.settings import Settings
@@ -23,7 +24,6 @@ from kontinual.controller.specfields import NAME_RE, Reader, SecretKeyRef, SpecE
 # NAME_RE, SecretKeyRef and SpecError are part of this module's API too (re-exported).
 
 DEFAULT_PORT = 5543
-DEFAULT_METRICS_PORT = 9101
 DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^(latest|[1-9][0-9]*)$")
 CRON_RE = re.compile(r"^\s*(\S+\s+){4}\S+\s*$")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
+from kontinual.common.capture_settings import CaptureSettings
 from kontinual.common.roboflow import RoboflowClient, RoboflowError, with_retries
 from kontinual.serving.encode import encode_jpeg, yolo_annotation
 from kontinual.serving.metrics import Counters, MetricsServer
@@ -26,25 +27,14 @@ from kontinual.serving.metrics import Counters, MetricsServer
 _LOG = logging.getLogger("kontinual.serving")
 
 
-@dataclass(frozen=True)
-class CaptureConfig:
-    endpoint: str
-    model_version: str
-    workspace: str
-    project: str
-    split: str = "train"
-    batch: str = ""
-    tags: tuple[str, ...] = ()
-    class_names: tuple[str, ...] = ()
-    upload_predictions: bool = False
-    frequency: int = 100
-    max_per_minute: int = 60
-    queue_size: int = 100
-    workers: int = 2
-    attempts: int = 4  # calls per upload, first one included
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    drain_seconds: float = 10.0
+def client_for(settings: CaptureSettings) -> RoboflowClient | None:
+    """The Roboflow client with the key from the pod's environment; None (logged, samples count as failed) without one."""
+    key = os.environ.get(settings.api_key_env, "").strip()
+    if not key:
+        _LOG.error("data capture: %s is not set; sampled images will be counted as failed, not uploaded",
+                   settings.api_key_env)
+        return None
+    return RoboflowClient(key, settings.api_url)
 
 
 @dataclass
@@ -80,7 +70,7 @@ def _pod_name() -> str:
 class Uploader:
     """Bounded queue of samples and the worker threads that send them to Roboflow."""
 
-    def __init__(self, config: CaptureConfig, client: RoboflowClient | None, counters: Counters) -> None:
+    def __init__(self, config: CaptureSettings, client: RoboflowClient | None, counters: Counters) -> None:
         self.config, self.client, self.counters = config, client, counters
         self._queue: queue.Queue[Sample] = queue.Queue(maxsize=max(1, config.queue_size))
         counters.queue_depth = self._queue.qsize
@@ -210,7 +200,7 @@ class RequestCapture:
     """1-of-`frequency` sampling, the per-minute cap and the upload queue for a server that sees each
     request's images and answer together (the kserve runtime). The DeepSparse logger pairs them itself."""
 
-    def __init__(self, config: CaptureConfig, client: RoboflowClient | None, metrics_host: str, metrics_port: int) -> None:
+    def __init__(self, config: CaptureSettings, client: RoboflowClient | None, metrics_host: str, metrics_port: int) -> None:
         self.config = config
         self.counters = Counters(config.endpoint)
         self.uploader = Uploader(config, client, self.counters)

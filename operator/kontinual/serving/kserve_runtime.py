@@ -25,31 +25,18 @@ from fastapi import File, HTTPException, UploadFile
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
 from starlette.concurrency import run_in_threadpool
 
-from kontinual.common.names import METRICS_HOST_ENV, ROBOFLOW_API_KEY_ENV
-from kontinual.common.roboflow import DEFAULT_API_URL, RoboflowClient
+from kontinual.common.capture_settings import CaptureSettings
+from kontinual.common.names import METRICS_HOST_ENV
 from kontinual.serving import engines, yolo
-from kontinual.serving.capture import CaptureConfig, RequestCapture
+from kontinual.serving.capture import RequestCapture, client_for
 
 _LOG = logging.getLogger("kontinual.serving")
-_CAPTURE_KEYS = {"api_url", "metrics_port", "api_key_env"}  # logger kwargs that are not CaptureConfig fields
 
 
-def _capture(settings: dict[str, Any]) -> RequestCapture:
-    """The capture core from the same logger keywords the DeepSparse config carries (no secret: the key is env)."""
-    fields = {k: v for k, v in settings.items() if k not in _CAPTURE_KEYS and k != "path"}
-    fields["model_version"] = str(fields.get("model_version", "0"))
-    fields["tags"] = tuple(fields.get("tags", ()))
-    fields["class_names"] = tuple(fields.get("class_names", ()))
-    config = CaptureConfig(**fields)
-    if config.frequency < 1 or config.max_per_minute < 1 or config.queue_size < 1:
-        raise ValueError("capture: frequency, max_per_minute and queue_size must be >= 1")
-    key = os.environ.get(settings.get("api_key_env", ROBOFLOW_API_KEY_ENV), "").strip()
-    client = RoboflowClient(key, settings.get("api_url", DEFAULT_API_URL)) if key else None
-    if client is None:
-        _LOG.error("data capture: %s is not set; sampled images will be counted as failed, not uploaded",
-                   settings.get("api_key_env", ROBOFLOW_API_KEY_ENV))
-    return RequestCapture(config, client, os.environ.get(METRICS_HOST_ENV, "0.0.0.0"),
-                          int(settings.get("metrics_port", 9101)))
+def _capture(entry: dict[str, Any]) -> RequestCapture:
+    """The capture core from the same settings the DeepSparse logger entry carries (no secret: the key is env)."""
+    settings = CaptureSettings.from_mapping({k: v for k, v in entry.items() if k != "path"}, where="capture")
+    return RequestCapture(settings, client_for(settings), os.environ.get(METRICS_HOST_ENV, "0.0.0.0"), settings.metrics_port)
 
 
 class YoloModel(Model):

@@ -43,18 +43,17 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Sequence
+from typing import Any
 
 import numpy
 from deepsparse.legacy.loggers import BaseLogger
 
-from kontinual.common.names import METRICS_HOST_ENV, ROBOFLOW_API_KEY_ENV
-from kontinual.common.roboflow import DEFAULT_API_URL, RoboflowClient
-from kontinual.serving.capture import CaptureConfig, RateCap, Sample, Uploader
+from kontinual.common.capture_settings import CaptureSettings
+from kontinual.common.names import METRICS_HOST_ENV
+from kontinual.serving.capture import RateCap, Sample, Uploader, client_for
 from kontinual.serving.metrics import Counters, MetricsServer
 
 _LOG = logging.getLogger("kontinual.serving")
-API_KEY_ENV = ROBOFLOW_API_KEY_ENV
 INPUTS, OUTPUTS = "pipeline_inputs", "pipeline_outputs"
 
 
@@ -85,31 +84,14 @@ def _images(value: Any) -> list[Any]:
 class RoboflowLogger(BaseLogger):
     """Leaf logger built by DeepSparse from the server config's `loggers:` entry (keyword arguments)."""
 
-    def __init__(self, *, endpoint: str, model_version: str, workspace: str, project: str,
-                 api_url: str = DEFAULT_API_URL, split: str = "train", batch: str = "",
-                 tags: Sequence[str] = (), class_names: Sequence[str] = (), upload_predictions: bool = False,
-                 frequency: int = 100, max_per_minute: int = 60, queue_size: int = 100,
-                 metrics_port: int = 9101, workers: int = 2, attempts: int = 4, base_delay: float = 0.5,
-                 max_delay: float = 8.0, drain_seconds: float = 10.0, api_key_env: str = API_KEY_ENV) -> None:
-        if frequency < 1 or max_per_minute < 1 or queue_size < 1:
-            raise ValueError("RoboflowLogger: frequency, max_per_minute and queue_size must be >= 1, got "
-                             f"{frequency}, {max_per_minute}, {queue_size}")
+    def __init__(self, **settings: Any) -> None:
+        """`settings` is the logger entry the operator renders (`CaptureSettings.to_mapping()`), less `path`."""
+        self.config = CaptureSettings.from_mapping(settings, where="RoboflowLogger")
         _ensure_log_handler()
-        self.config = CaptureConfig(
-            endpoint=endpoint, model_version=str(model_version), workspace=workspace, project=project,
-            split=split, batch=batch, tags=tuple(tags), class_names=tuple(class_names),
-            upload_predictions=bool(upload_predictions), frequency=int(frequency),
-            max_per_minute=int(max_per_minute), queue_size=int(queue_size), workers=int(workers),
-            attempts=int(attempts), base_delay=float(base_delay), max_delay=float(max_delay),
-            drain_seconds=float(drain_seconds))
-        key = os.environ.get(api_key_env, "").strip()
-        client = RoboflowClient(key, api_url) if key else None
-        if client is None:
-            _LOG.error("data capture: %s is not set; sampled images will be counted as failed, not uploaded",
-                       api_key_env)
-        self.counters = Counters(endpoint)
+        client = client_for(self.config)
+        self.counters = Counters(self.config.endpoint)
         self.uploader = Uploader(self.config, client, self.counters)
-        self.metrics = MetricsServer(self.counters, os.environ.get(METRICS_HOST_ENV, "0.0.0.0"), int(metrics_port))
+        self.metrics = MetricsServer(self.counters, os.environ.get(METRICS_HOST_ENV, "0.0.0.0"), self.config.metrics_port)
         self._cap = RateCap(self.config.max_per_minute)
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
@@ -118,7 +100,8 @@ class RoboflowLogger(BaseLogger):
         atexit.register(self.close)
         self._drain_on_sigterm()
         _LOG.info("data capture: 1 of every %d requests of %s to Roboflow project %s/%s (at most %d/min)",
-                  self.config.frequency, endpoint, workspace, project, self.config.max_per_minute)
+                  self.config.frequency, self.config.endpoint, self.config.workspace, self.config.project,
+                  self.config.max_per_minute)
 
     def log(self, identifier: str, value: Any, category: Any = None, **kwargs: Any) -> None:
         stage = identifier.rsplit("/", 1)[-1].split("__", 1)[0]
