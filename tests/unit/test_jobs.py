@@ -188,11 +188,10 @@ def test_every_recipe_uri_form_reaches_the_trainer_as_a_file(uri: str) -> None:
 
 
 def test_roboflow_key_and_api_url_reach_the_trainer() -> None:
-    from kontinual.trainer.errors import API_KEY_ENV
-
     env = {e["name"]: e for e in trainer(job(make_spec()))["env"]}
-    assert env[API_KEY_ENV] == {"name": API_KEY_ENV,
-                                "valueFrom": {"secretKeyRef": {"name": "roboflow", "key": "apiKey"}}}
+    # the documented variable `kontinual train` reads the key from
+    assert env["ROBOFLOW_API_KEY"] == {"name": "ROBOFLOW_API_KEY",
+                                       "valueFrom": {"secretKeyRef": {"name": "roboflow", "key": "apiKey"}}}
     assert env["API_URL"]["value"] == "https://rf.example"  # the roboflow SDK's base URL variable
 
 

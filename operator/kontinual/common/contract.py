@@ -10,8 +10,17 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 # Kubernetes keeps at most 4096 bytes of a termination message; stay below it.
 MAX_RESULT_BYTES = 4000
-# A Succeeded run's result also lies on the model claim as v<N>/result.json, so it survives its pod.
+# The model claim's layout: `kontinual train` writes v<N>/ (and more files); the operator serves
+# v<N>/model.onnx and continues training from v<N>/model.pt. A Succeeded run's result also lies
+# there as v<N>/result.json, so it survives its pod.
+MODEL_ONNX = "model.onnx"
+MODEL_CHECKPOINT = "model.pt"
 RESULT_FILE = "result.json"
+
+
+def version_file(version: int, file: str) -> str:
+    """A version's file relative to the claim root, e.g. v3/model.onnx (the result's `onnx`)."""
+    return f"v{version}/{file}"
 
 
 class ResultError(ValueError):

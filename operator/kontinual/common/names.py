@@ -9,6 +9,9 @@ KIND = "ContinualModel"
 PLURAL = "continualmodels"
 
 # Labels and annotations on the children. MODEL_LABEL names the owning ContinualModel.
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"  # the ContinualModel's name
+COMPONENT_LABEL = "app.kubernetes.io/component"  # server, storage, training
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kontinual"
 MODEL_LABEL = f"{GROUP}/model"

@@ -6,11 +6,12 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from kontinual.common.names import (ANNOTATION_CONFIG_HASH, ANNOTATION_MODEL_VERSION, DEEPSPARSE_RUNTIME, GROUP, KIND,
-                                    MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MOUNTS_MODELS_LABEL, ROBOFLOW_API_KEY_ENV,
-                                    VERSION)
+from kontinual.common.names import (ANNOTATION_CONFIG_HASH, ANNOTATION_MODEL_VERSION, COMPONENT_LABEL,
+                                    DEEPSPARSE_RUNTIME, GROUP, INSTANCE_LABEL, KIND, MANAGED_BY, MANAGED_BY_LABEL,
+                                    MODEL_LABEL, MOUNTS_MODELS_LABEL, NAME_LABEL, ROBOFLOW_API_KEY_ENV, VERSION)
 from kontinual.common import yamlio
 from kontinual.common.classnames import COCO_NAMES, same_classes
+from kontinual.common.contract import MODEL_ONNX, version_file
 from kontinual.controller.capture_config import capture_settings, render_logging
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import DataLogging, ModelSource, Spec
@@ -57,7 +58,7 @@ class ModelTarget:
     def trained(cls, spec: Spec, version: int, sha256: str | None = None,
                 class_names: tuple[str, ...] | None = None) -> "ModelTarget":
         """Trained version N; `class_names` its dataset's (default: the project's, spec.classNames)."""
-        uri = f"pvc://{spec.storage.claim_name}/v{version}/model.onnx"
+        uri = f"pvc://{spec.storage.claim_name}/{version_file(version, MODEL_ONNX)}"
         return cls(version=version, source=ModelSource.parse(uri, "status.serving.uri"), sha256=sha256,
                    class_names=spec.class_names if class_names is None else class_names)
 
@@ -74,17 +75,17 @@ def names(spec: Spec) -> dict[str, str]:
 def labels(spec: Spec, component: str) -> dict[str, str]:
     """Labels every child carries (never the parent's own labels: GitOps tools would prune children)."""
     return {
-        "app.kubernetes.io/name": "kontinual",
+        NAME_LABEL: "kontinual",
         MANAGED_BY_LABEL: MANAGED_BY,
-        "app.kubernetes.io/instance": spec.name,
-        "app.kubernetes.io/component": component,
+        INSTANCE_LABEL: spec.name,
+        COMPONENT_LABEL: component,
         MODEL_LABEL: spec.name,
     }
 
 
 def selector(spec: Spec, component: str) -> dict[str, str]:
     """The immutable selector subset of `labels`."""
-    return {"app.kubernetes.io/instance": spec.name, "app.kubernetes.io/component": component}
+    return {INSTANCE_LABEL: spec.name, COMPONENT_LABEL: component}
 
 
 def owner_reference(spec: Spec) -> dict[str, Any]:
@@ -258,7 +259,7 @@ def with_colocation(spec: Spec, affinity: Mapping[str, Any]) -> dict[str, Any]:
     pod_affinity = dict(out.get("podAffinity") or {})
     terms = list(pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
     terms.append({
-        "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": spec.name, MOUNTS_MODELS_LABEL: "true"}},
+        "labelSelector": {"matchLabels": {INSTANCE_LABEL: spec.name, MOUNTS_MODELS_LABEL: "true"}},
         "topologyKey": HOSTNAME_TOPOLOGY,
     })
     pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = terms

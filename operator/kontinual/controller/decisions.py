@@ -17,7 +17,7 @@ from typing import Any
 from croniter import croniter
 
 from kontinual.common.names import TRAIN_REQUEST_ANNOTATION
-from kontinual.common.contract import TrainingResult
+from kontinual.common.contract import MODEL_ONNX, TrainingResult, version_file
 from kontinual.controller.spec import Spec
 from kontinual.controller.statusdata import LastRun, ModelRecord, TrainingStatus
 
@@ -220,9 +220,10 @@ def judge(spec: Spec, result: TrainingResult, version: int, serving_version: int
     project), the floor alone is the gate; never is a model promoted only because its
     predecessor had no number.
     """
-    if result.version != version or result.onnx != f"v{version}/model.onnx":
+    expected = version_file(version, MODEL_ONNX)
+    if result.version != version or result.onnx != expected:
         return Verdict(False, "ResultMismatch",
-                       f"the result describes version {result.version} at {result.onnx!r}, expected v{version}/model.onnx")
+                       f"the result describes version {result.version} at {result.onnx!r}, expected {expected}")
     if not result.sha256 or not SHA256_RE.match(result.sha256):
         return Verdict(False, "ChecksumMissing", "the result has no valid sha256 of model.onnx; it cannot be verified")
     gate = spec.rollout.gate

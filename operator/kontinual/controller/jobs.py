@@ -12,7 +12,7 @@ from kontinual.controller.builders import (MODELS_MOUNT, container_security, fet
                                 metadata, pod_security, sparsezoo_env,
                                 with_colocation)
 from kontinual.common.classnames import COCO_NAMES
-from kontinual.common.contract import RESULT_FILE
+from kontinual.common.contract import MODEL_CHECKPOINT, MODEL_ONNX, RESULT_FILE, version_file
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
 from kontinual.controller.statusdata import ModelRecord
@@ -74,7 +74,7 @@ def base_weights_uri(spec: Spec, serving_version: int | None) -> str:
     or (empty) from the served zoo: stub's transfer checkpoint. spec.parse refuses an empty
     baseWeights with a seed that is not a stub, so there is always a starting point."""
     if serving_version:
-        return f"pvc://{spec.storage.claim_name}/v{serving_version}/model.pt"
+        return f"pvc://{spec.storage.claim_name}/{version_file(serving_version, MODEL_CHECKPOINT)}"
     assert spec.training is not None
     if spec.training.base_weights:
         return spec.training.base_weights
@@ -106,7 +106,7 @@ class Baseline:
         """From the serving model's status.models[] record, or the seed when None."""
         if serving is None:
             return cls(0, spec.model.uri, spec.seed_class_names)
-        return cls(serving.version, f"pvc://{spec.storage.claim_name}/v{serving.version}/model.onnx",
+        return cls(serving.version, f"pvc://{spec.storage.claim_name}/{version_file(serving.version, MODEL_ONNX)}",
                    serving.names(spec.class_names))
 
 
@@ -271,7 +271,7 @@ def result_reader_job(spec: Spec, settings: Settings, version: int) -> dict[str,
     container = {
         "name": RESULT_READER,
         "image": training.image or settings.trainer_image,
-        "command": ["cp", f"{MODELS_MOUNT}/v{version}/{RESULT_FILE}", TERMINATION_LOG],
+        "command": ["cp", f"{MODELS_MOUNT}/{version_file(version, RESULT_FILE)}", TERMINATION_LOG],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}],
         "terminationMessagePath": TERMINATION_LOG,

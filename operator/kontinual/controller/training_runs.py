@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 
 from kontinual.common.names import MODEL_LABEL, TRAIN_REQUEST_ANNOTATION, TRIGGER_ANNOTATION, VERSION_LABEL
 from kontinual.controller import decisions, jobs, k8s, polling
-from kontinual.common.contract import RESULT_FILE, ResultError, TrainingResult
+from kontinual.common.contract import RESULT_FILE, ResultError, TrainingResult, version_file
 from kontinual.controller.polling import PollRequest
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
@@ -112,7 +112,7 @@ def read_from_claim(spec: Spec, settings: Settings, state: LoopState, version: i
     if existing is None:
         try:
             if k8s.create(reader) is not None:
-                state.events.append(("Normal", "ReadingResult", f"{why}; reading v{version}/{RESULT_FILE} from "
+                state.events.append(("Normal", "ReadingResult", f"{why}; reading {version_file(version, RESULT_FILE)} from "
                                      f"the model claim with {name}"))
         except ApiException as exc:
             state.events.append(("Warning", "ResultReadFailed", f"creating {name} failed: {k8s.api_error(exc)}"))
@@ -131,7 +131,8 @@ def read_from_claim(spec: Spec, settings: Settings, state: LoopState, version: i
     try:
         return True, TrainingResult.from_json(message, strict=False)
     except ResultError as exc:
-        return True, TrainingResult.failed("ResultInvalid", f"v{version}/{RESULT_FILE} on the claim is not valid: {exc}")
+        where = version_file(version, RESULT_FILE)
+        return True, TrainingResult.failed("ResultInvalid", f"{where} on the claim is not valid: {exc}")
 
 
 def _record(spec: Spec, state: LoopState, run: decisions.RunJob, result: TrainingResult, now: str,
@@ -191,7 +192,7 @@ def _observe(spec: Spec, state: LoopState, settings: Settings, owned: Sequence[M
                 continue
             result = result or TrainingResult.failed(
                 "ResultMissing", f"the training Job completed but its pod is gone and the model claim has no "
-                f"v{run.version}/{RESULT_FILE}")
+                f"{version_file(run.version, RESULT_FILE)}")
         _record(spec, state, run, result, stamp, job.get("status") or {})
     unfinished = decisions.unfinished_run(state.training)
     if unfinished is not None and unfinished[1] not in {_job_version(j) for j in owned}:

@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kontinual.common.contract import RESULT_FILE, TrainingResult
+from kontinual.common.contract import MODEL_CHECKPOINT, MODEL_ONNX, RESULT_FILE, TrainingResult
 from kontinual.trainer.errors import ARTIFACTS_FAILED, TrainingError
 
 _LOG = logging.getLogger(__name__)
-COMPLETE_FILES = ("model.onnx", "model.pt", "metrics.json", "recipe.yaml", "manifest.json", RESULT_FILE)
+COMPLETE_FILES = (MODEL_ONNX, MODEL_CHECKPOINT, "metrics.json", "recipe.yaml", "manifest.json", RESULT_FILE)
 
 
 def sha256(path: Path) -> str:

@@ -11,9 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kontinual.common.names import TERMINATION_LOG
+from kontinual.common.names import ROBOFLOW_API_KEY_ENV, TERMINATION_LOG
 from kontinual.common.contract import TrainingResult
-from kontinual.trainer.errors import (API_KEY_ENV, INVALID_ARGUMENTS, REASONS, TRAINING_FAILED, TrainingError,
+from kontinual.trainer.errors import (INVALID_ARGUMENTS, REASONS, TRAINING_FAILED, TrainingError,
                                        scrub)
 
 _LOG = logging.getLogger("kontinual.trainer")
@@ -32,7 +32,7 @@ evaluate mAP50 / mAP50-95 of the ONNX on the test split (valid if there is none)
 <output-dir>/.v<N>.tmp-<random>, renamed when complete) -> write the result JSON to --result-file.
 
 Every flag --foo-bar can also be set by the environment variable {ENV_PREFIX}FOO_BAR (a flag wins).
-The Roboflow API key is read only from the environment variable {API_KEY_ENV}; the Roboflow API
+The Roboflow API key is read only from the environment variable {ROBOFLOW_API_KEY_ENV}; the Roboflow API
 base URL from the roboflow SDK's own API_URL environment variable (default https://api.roboflow.com);
 the SparseZoo API base URL for zoo: sources from sparsezoo's SPARSEZOO_API_URL (default
 https://api.neuralmagic.com; point it at a mirror in air-gapped clusters). --base-weights and
@@ -180,7 +180,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 class _ScrubKey(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        key = os.environ.get(API_KEY_ENV)
+        key = os.environ.get(ROBOFLOW_API_KEY_ENV)
         if key:
             message = record.getMessage()
             if key in message:

@@ -1,4 +1,4 @@
-"""Small fixes that SparseML 1.8.0 and yolov5 7.0.12 need to run on torch >= 2.9 (see the facts file)."""
+"""Fixes SparseML 1.8.0 and yolov5 7.0.12 need on torch >= 2.9: QConfig slots, layer routing under QAT wrappers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ROUTING_ATTRS = ("f", "i", "type", "np")
 
 
 class _QConfig(torch.ao.quantization.QConfig):
-    """torch's QConfig gained `__slots__`; SparseML sets `.quantization_scheme` on it (fix 2)."""
+    """torch's QConfig gained `__slots__`; SparseML sets `.quantization_scheme` on it."""
 
 
 def apply_global_fixes() -> None:
@@ -33,12 +33,12 @@ def apply_global_fixes() -> None:
 
 
 def record_routing(model: Any) -> list[tuple[Any, ...]]:
-    """yolov5's forward routes by `.f/.i/.type/.np` on each layer: remember them (fix 3)."""
+    """yolov5's forward routes by `.f/.i/.type/.np` on each layer: remember them."""
     return [tuple(getattr(layer, a, None) for a in ROUTING_ATTRS) for layer in model.model]
 
 
 def restore_routing(model: Any, routing: list[tuple[Any, ...]]) -> None:
-    """Copy the routing attributes onto layers that QAT replaced by wrappers (fix 3)."""
+    """Copy the routing attributes onto layers that QAT replaced by wrappers (which lack them)."""
     for layer, values in zip(model.model, routing):
         if not hasattr(layer, "f"):
             for name, value in zip(ROUTING_ATTRS, values):

@@ -15,7 +15,8 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
-from kontinual.trainer.errors import (API_KEY_ENV, DATASET_DOWNLOAD_FAILED, DATASET_EMPTY,
+from kontinual.common.names import ROBOFLOW_API_KEY_ENV
+from kontinual.trainer.errors import (DATASET_DOWNLOAD_FAILED, DATASET_EMPTY,
                                        DATASET_GENERATION_FAILED, DATASET_INVALID, INVALID_ARGUMENTS,
                                        TrainingError, scrub)
 
@@ -91,10 +92,10 @@ def download(workspace: str, project: str, version: str, parent: Path,
 
     Every attempt together (version list, export, polling it, the zip) ends within `deadline` s.
     """
-    key = os.environ.get(API_KEY_ENV, "")
+    key = os.environ.get(ROBOFLOW_API_KEY_ENV, "")
     if not key:
         raise TrainingError(INVALID_ARGUMENTS, f"downloading from Roboflow needs the API key in the "
-                            f"environment variable {API_KEY_ENV} (or pass --dataset-dir)")
+                            f"environment variable {ROBOFLOW_API_KEY_ENV} (or pass --dataset-dir)")
     last_error = ""
     ends = time.monotonic() + deadline
     logs = _LogLines()
@@ -161,9 +162,9 @@ def generate(workspace: str, project: str, settings: dict, *, timeout: float,
     asynchronous, and the SDK's own wait has no bound, so the version is polled here, as the SDK
     does (GET .../<N>?nocache=true until `generating` is false and it has images).
     """
-    key = os.environ.get(API_KEY_ENV, "")
+    key = os.environ.get(ROBOFLOW_API_KEY_ENV, "")
     if not key:
-        raise TrainingError(INVALID_ARGUMENTS, f"generating a Roboflow version needs the API key in {API_KEY_ENV}")
+        raise TrainingError(INVALID_ARGUMENTS, f"generating a Roboflow version needs the API key in {ROBOFLOW_API_KEY_ENV}")
     import roboflow
     from roboflow.adapters import rfapi
 

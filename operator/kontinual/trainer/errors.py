@@ -38,7 +38,6 @@ REASONS = (
     BASE_WEIGHTS_INVALID, TRAINING_FAILED, EXPORT_FAILED, EVALUATION_FAILED, ARTIFACTS_FAILED,
 )
 
-API_KEY_ENV = ROBOFLOW_API_KEY_ENV
 
 
 class TrainingError(Exception):
@@ -54,4 +53,4 @@ class TrainingError(Exception):
 def scrub(text: str, secret: str | None = None) -> str:
     """`text` with the Roboflow API key (from the argument or the environment) and any
     `api_key=` query value replaced by *** (the shared client's redaction)."""
-    return redact(text, secret if secret is not None else os.environ.get(API_KEY_ENV, ""))
+    return redact(text, secret if secret is not None else os.environ.get(ROBOFLOW_API_KEY_ENV, ""))

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from kontinual.common.contract import RESULT_FILE, SUCCEEDED, TrainingResult
+from kontinual.common.contract import (MODEL_CHECKPOINT, MODEL_ONNX, RESULT_FILE, SUCCEEDED, TrainingResult,
+                                      version_file)
 from kontinual.trainer.errors import INVALID_ARGUMENTS, TrainingError
 
 if TYPE_CHECKING:
@@ -97,9 +98,9 @@ def run(args: argparse.Namespace) -> TrainingResult:
             "epochs": args.epochs, "imageSize": args.image_size,
             "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }]
-        save_checkpoint(folder.file("model.pt"), model, quantization_recipe=quantization_recipe, history=history)
+        save_checkpoint(folder.file(MODEL_CHECKPOINT), model, quantization_recipe=quantization_recipe, history=history)
         folder.file("recipe.yaml").write_text(recipe_text)
-        onnx_path = folder.file("model.onnx")
+        onnx_path = folder.file(MODEL_ONNX)
         with _step("export", timings):
             export_onnx(model, onnx_path, args.image_size)
             checks = check_onnx(onnx_path, args.image_size)
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
 
         digest = sha256(onnx_path)
         result = TrainingResult(
-            status=SUCCEEDED, version=args.version, onnx=f"v{args.version}/model.onnx", sha256=digest,
+            status=SUCCEEDED, version=args.version, onnx=version_file(args.version, MODEL_ONNX), sha256=digest,
             metrics={"mAP50": metrics["mAP50"], "mAP50_95": metrics["mAP50_95"]}, sparsity=round(overall, 4),
             datasetVersion=data.version, images={k: v for k, v in data.images.items()},
             classNames=list(data.names), baseline=baseline, evaluatedOn=evaluated_on, datasetGenerated=generated,
