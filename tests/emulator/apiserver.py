@@ -1,6 +1,6 @@
 """A Kubernetes API server for tests: kmock 0.8's KubernetesEmulator with the API semantics kopf needs.
 
-kmock 0.8's stateful emulator (see ../shared/facts/dependencies.md) sets no resourceVersion, replays
+kmock 0.8's stateful emulator sets no resourceVersion, replays
 every object as ADDED on each watch (ignoring ?resourceVersion=), can lose events between a list
 and the next watch, applies every PATCH as a naive dict merge (no JSON patch `test`, no RFC 7386
 nulls, no strategic merge), answers server-side apply with a silent no-op, has no label or field

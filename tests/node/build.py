@@ -3,7 +3,7 @@
 Same Debian `kubernetes` source package, Go toolchain and GOPATH-mode build as the control
 plane (tests/cluster/build.py), plus the two-line kubelet patch this sandbox needs: its
 capability bounding set lacks CAP_SYS_RESOURCE, so no process may lower `oom_score_adj`, and
-runc fails every pod sandbox the kubelet asks for at -998 (real-node.md). The cache key is the
+runc fails every pod sandbox the kubelet asks for at -998. The cache key is the
 source version and RECIPE, a hash of the patch and build flags, so changing either rebuilds.
 """
 

@@ -28,7 +28,7 @@ DOCKER_SOCKET = Path("/var/run/docker.sock")
 DEBIAN_DOCKER = Path("/usr/bin/docker")
 GUARD_COMMENT = "kontinual-node-guard"
 METADATA_CIDR = "169.254.0.0/16"
-# What kubelet and kube-proxy set on start (real-node.md); restored on `down`.
+# What kubelet and kube-proxy set on start; restored on `down`.
 SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops",
            "net/ipv4/conf/all/route_localnet", "net/ipv4/ip_forward")  # ip_forward: the CNI bridge plugin
 

@@ -1,6 +1,6 @@
 """A Roboflow API test double: a threaded HTTP server on 127.0.0.1 speaking the endpoints the SDK and Kontinual use.
 
-Endpoint shapes follow /work/shared/facts/dependencies.md (what the `roboflow` SDK sends, base URL
+Endpoint shapes follow what the `roboflow` 1.7.3 SDK sends (base URL
 from env `API_URL`): key check, workspace, project, version, yolov5pytorch export (202 once, then
 200 with a zip link), zip download, upload (duplicate detection by content hash), annotate
 (409 "already annotated" on a second annotation) and version generation (`POST /{ws}/{proj}/generate`

@@ -2,10 +2,11 @@
 
 Shared by the serving wing (the DeepSparse logger uploads production images) and the operator
 (`project_info` for `minNewLabeledImages` polling), so it imports only `requests`: no kopf, torch
-or deepsparse. The endpoint shapes are the ones the official `roboflow` SDK uses (see
-/work/shared/facts/dependencies.md). Roboflow wants the key as the `api_key` query parameter; it
-therefore appears in URLs, so every error message built here is scrubbed of it, and urllib3's
-debug logging (which prints URLs) gets a filter that masks `api_key=` values.
+or deepsparse. The endpoint shapes are the ones the official `roboflow` 1.7.3 SDK uses (the test
+double tests/support/roboflow_double.py answers them; the training tier runs the SDK against it).
+Roboflow wants the key as the `api_key` query parameter; it therefore appears in URLs, so every
+error message built here is scrubbed of it, and urllib3's debug logging (which prints URLs) gets
+a filter that masks `api_key=` values.
 """
 
 from __future__ import annotations

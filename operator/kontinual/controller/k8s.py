@@ -118,11 +118,6 @@ def load_config() -> None:
         _client = client.ApiClient()
 
 
-def use_client(api_client: client.ApiClient) -> None:
-    global _client
-    _client = api_client
-
-
 def _api() -> client.ApiClient:
     if _client is None:
         load_config()

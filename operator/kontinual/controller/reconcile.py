@@ -32,10 +32,9 @@ _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 class Outcome:
     """What a reconcile found; handlers turn it into kopf errors and Events."""
 
-    spec: Spec | None = None
     invalid: str | None = None  # the SpecError message
     error: str | None = None  # an API failure worth retrying
-    status: Mapping[str, Any] | None = None
+    status: Mapping[str, Any] | None = None  # the status written (the operator's metrics read it)
     events: tuple[Event, ...] = ()
     body: Mapping[str, Any] | None = None  # the object as read for this reconcile (None: gone)
 
@@ -165,7 +164,7 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         message = f"applying children failed: {k8s.api_error(exc)}"
         _report(namespace, name, previous, generation,
                 [Condition(RECONCILED, False, "ApplyFailed", message), *_kept(kept, AVAILABLE)], {})
-        return Outcome(spec=spec, error=message)
+        return Outcome(error=message)
 
     poller = polling.current()
     if poll is not None and poller is not None:
@@ -189,7 +188,7 @@ def _reconcile(body: Mapping[str, Any], settings: Settings) -> Outcome:
         url=builders.server_url(spec), ready_replicas=((deploy or {}).get("status") or {}).get("readyReplicas") or 0,
     ).to_dict()
     status = _report(namespace, name, previous, generation, conditions, fields)
-    return Outcome(spec=spec, status=status, events=tuple(events))
+    return Outcome(status=status, events=tuple(events))
 
 
 def _pruned(value: Any) -> Any:
