@@ -18,6 +18,7 @@ from croniter import croniter
 from kontinual.common.capture_settings import DEFAULT_METRICS_PORT
 from kontinual.common.classnames import seed_names
 from kontinual.common.names import DEEPSPARSE_RUNTIME, RUNTIMES
+from kontinual.controller import limits
 from kontinual.controller.settings import Settings
 from kontinual.controller.specfields import NAME_RE, Reader, SecretKeyRef, SpecError, peers
 
@@ -460,6 +461,7 @@ def parse(body: Mapping[str, Any], settings: Settings | None = None) -> Spec:
     if not NAME_RE.match(namespace) or len(namespace) > 63:
         raise SpecError(f"metadata.namespace must be a DNS-1123 label, got {namespace!r}")
     generation = meta.req_int("generation", 0, minimum=0)
+    limits.check(body.get("spec"))  # before anything reads it: an oversized list is refused, not parsed
     r = Reader(body.get("spec"), "spec")
     task = r.enum("task", "yolo", ("yolo",))
     model_reader = r.sub("model")
