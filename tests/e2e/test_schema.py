@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from tests.e2e.kube import GROUP, PLURAL, VERSION, Cluster, ensure_namespace, error_message
+from tests.e2e.kube import GROUP, PLURAL, VERSION, Cluster, ensure_namespace, error_message, get_model, wait_for
 from tests.support.crd import EXAMPLES
 
 NAMESPACE = "e2e-schema"
@@ -90,3 +90,26 @@ def test_unknown_fields_are_pruned_by_the_real_server(cluster: Cluster, namespac
     stored = dry_run_create(cluster, body)
     assert stored["spec"]["serving"]["replicas"] == 2
     assert "replicaz" not in stored["spec"]["serving"]
+
+
+def test_an_oversized_list_is_rejected_and_nothing_is_left_stuck(cluster: Cluster, namespace: str,
+                                                                 operator: Any) -> None:
+    """The ~820 KB classNames that once overflowed etcd on kopf's status write: refused at the door, create and update."""
+    huge = [f"class-{i:06d}-" + "x" * 80 for i in range(9000)]
+    body = base_model("oversized")
+    body["spec"]["classNames"] = huge
+    with pytest.raises(ApiException) as caught:
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+    assert caught.value.status == 422
+    message = error_message(caught.value)
+    assert "spec.classNames" in message and "400" in message, message
+    # A model that exists cannot grow past the bound either, and stays deletable (no stuck finalizer).
+    small = base_model("oversized")
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, small)
+    with pytest.raises(ApiException) as caught:
+        cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "oversized",
+                                                      {"spec": {"classNames": huge}})
+    assert caught.value.status == 422 and "spec.classNames" in error_message(caught.value)
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "oversized")
+    wait_for("the ContinualModel to be gone (its finalizer removed by the operator)",
+             lambda: get_model(cluster, NAMESPACE, "oversized") is None, timeout=60)
