@@ -193,12 +193,15 @@ def test_every_container_has_resources(case: tuple[Spec, list]) -> None:
 
 
 def test_server_containers_have_all_three_probes(case: tuple[Spec, list]) -> None:
-    _, manifests = case
+    spec, manifests = case
     deployments = [m for m in manifests if m["kind"] == "Deployment"]
     assert deployments
+    # Readiness: DeepSparse's /v2/health/ready; the kserve runtime's is the model's own V2 ready route.
+    ready = "/v2/health/ready" if spec.serving.runtime == "deepsparse" else f"/v2/models/{spec.name}/ready"
     for deploy in deployments:
         (server,) = [c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "server"]
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert server["readinessProbe"]["httpGet"]["path"] == ready
+        for probe in ("livenessProbe", "startupProbe"):
             assert server[probe]["httpGet"]["path"].startswith("/v2/health/"), probe
 
 
