@@ -30,14 +30,20 @@ def _draw_object(draw: ImageDraw.ImageDraw, cls: int, box: tuple[int, int, int, 
         draw.polygon([((x1 + x2) // 2, y1), (x2, y2), (x1, y2)], fill=colour)
 
 
-def _make_image(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
+def _make_image(rng: random.Random, size: int, hard: bool = False) -> tuple[Image.Image, list[str]]:
     image = Image.new("RGB", (size, size), (40, 140, 60))  # pitch green
     draw = ImageDraw.Draw(image)
+    if hard:  # a busier camera: pitch markings and specks that are no object
+        for _ in range(rng.randint(4, 8)):
+            x, y = rng.randrange(size), rng.randrange(size)
+            draw.line((x, y, x + rng.randint(-size // 3, size // 3), y + rng.randint(-size // 3, size // 3)),
+                      fill=(200, 220, 200), width=1)
     lines = []
-    for _ in range(rng.randint(1, 3)):
+    low, high = (size // 10, size // 5) if hard else (size // 6, size // 3)  # smaller, farther players
+    for _ in range(rng.randint(2, 5) if hard else rng.randint(1, 3)):
         cls = rng.randrange(len(CLASS_NAMES))
-        w = rng.randint(size // 6, size // 3)
-        h = rng.randint(size // 6, size // 3)
+        w = rng.randint(low, high)
+        h = rng.randint(low, high)
         x1 = rng.randint(0, size - w - 1)
         y1 = rng.randint(0, size - h - 1)
         _draw_object(draw, cls, (x1, y1, x1 + w, y1 + h))
@@ -47,8 +53,11 @@ def _make_image(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
 
 
 def make_dataset(root: Path, *, n_train: int = 16, n_valid: int = 4, n_test: int = 4,
-                 size: int = 64, seed: int = 0) -> Path:
-    """Write a YOLOv5-format dataset (Roboflow's yolov5pytorch layout) under `root`; return `root`."""
+                 size: int = 64, seed: int = 0, hard: bool = False, prefix: str = "") -> Path:
+    """Write a YOLOv5-format dataset (Roboflow's yolov5pytorch layout) under `root`; return `root`.
+
+    `hard`: more, smaller objects among distracting lines (a harder exam for the same classes);
+    `prefix` names the files, so two sets can share a folder (a project that grew)."""
     root = Path(root)
     rng = random.Random(seed)
     for split, count in (("train", n_train), ("valid", n_valid), ("test", n_test)):
@@ -56,9 +65,9 @@ def make_dataset(root: Path, *, n_train: int = 16, n_valid: int = 4, n_test: int
         images.mkdir(parents=True, exist_ok=True)
         labels.mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, lines = _make_image(rng, size)
-            image.save(images / f"{split}_{i:04d}.jpg", quality=95)
-            (labels / f"{split}_{i:04d}.txt").write_text("\n".join(lines) + "\n")
+            image, lines = _make_image(rng, size, hard)
+            image.save(images / f"{prefix}{split}_{i:04d}.jpg", quality=95)
+            (labels / f"{prefix}{split}_{i:04d}.txt").write_text("\n".join(lines) + "\n")
     names = ", ".join(CLASS_NAMES)
     (root / "data.yaml").write_text(
         "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\n"
