@@ -65,9 +65,17 @@ class DeepSparseServer:
     """`with DeepSparseServer(cr, api_key, workdir) as server:` a ready server on 127.0.0.1."""
 
     def __init__(self, cr: dict[str, Any], api_key: str, workdir: Path, *, model_file: Path | None = None,
-                 **logger_overrides: Any) -> None:
+                 settings: Settings | None = None, **logger_overrides: Any) -> None:
         self.spec = parse(cr)
         self.config = builders.server_config(self.spec)
+        # With operator `settings`: the plain env values of the server container the Deployment builder
+        # renders (e.g. SPARSEZOO_API_URL), HOME moved from the pod's /tmp emptyDir into `workdir`.
+        self.pod_env: dict[str, str] = {}
+        if settings is not None:
+            container = builders.deployment(self.spec, settings)["spec"]["template"]["spec"]["containers"][0]
+            self.pod_env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+            if "HOME" in self.pod_env:
+                self.pod_env["HOME"] = str(workdir / "home")
         if model_file is not None:
             # The CR names a model this machine cannot fetch (a zoo: stub): serve a local stand-in
             # of the same shape; everything else stays exactly as the builder rendered it.
@@ -89,6 +97,7 @@ class DeepSparseServer:
     def __enter__(self) -> "DeepSparseServer":
         env = dict(os.environ, ROBOFLOW_API_KEY=self.api_key, KONTINUAL_METRICS_HOST="127.0.0.1",
                    NM_DISABLE_ANALYTICS="1", PYTHONUNBUFFERED="1")
+        env.update(self.pod_env)
         server = Path(sys.executable).with_name("deepsparse.server")
         self._log = open(self.log_file, "wb")
         self.process = subprocess.Popen(
