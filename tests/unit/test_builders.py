@@ -252,6 +252,15 @@ def test_rolling_update_never_drops_below_the_wanted_replicas() -> None:
     assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_a_terminating_server_drains_before_it_stops_listening() -> None:
+    """The old pod of a rollout still answers while kube-proxy takes it out of the Service."""
+    deploy = builders.deployment(make_spec(), SETTINGS)
+    command = server_container(deploy)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command == ["python", "-c", f"import time; time.sleep({builders.DRAIN_SECONDS})"]
+    grace = pod(deploy).get("terminationGracePeriodSeconds", 30)  # the Kubernetes default
+    assert 0 < builders.DRAIN_SECONDS < grace
+
+
 def test_selector_matches_the_pod_template() -> None:
     deploy = builders.deployment(make_spec(), SETTINGS)
     selector = deploy["spec"]["selector"]["matchLabels"]

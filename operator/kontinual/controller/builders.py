@@ -24,6 +24,9 @@ MODEL_CACHE = "/model-cache"
 RUN_AS_USER = 10001
 # DeepSparse compiles the model before it listens: allow up to 10 minutes for that.
 STARTUP_PERIOD_SECONDS, STARTUP_FAILURES = 10, 60
+# A terminating server pod keeps answering this long: kube-proxy removes it from the Service a
+# moment after its deletion starts, and connections routed to it meanwhile must not be refused.
+DRAIN_SECONDS = 5
 DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "1", "memory": "1536Mi"}, "limits": {"memory": "4Gi"}}
 # On every pod that mounts the model claim: with a single-node (ReadWriteOnce) claim they must
 # all share one node, or the second one to start hits a multi-attach error.
@@ -382,6 +385,7 @@ def deployment(spec: Spec, settings: Settings, target: ModelTarget | None = None
         "readinessProbe": _probe(chosen.ready_path, period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         "startupProbe": _probe("/v2/health/live", period=STARTUP_PERIOD_SECONDS, failures=STARTUP_FAILURES),
+        "lifecycle": {"preStop": {"exec": {"command": ["python", "-c", f"import time; time.sleep({DRAIN_SECONDS})"]}}},
         "volumeMounts": mounts,
         "securityContext": container_security(),
     }
