@@ -18,15 +18,10 @@ SECRET_LABEL = "kontinual.io/allow-continualmodels"  # what a Secret's owner set
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Cluster:
-    """A running control plane as the tests see it: kubeconfig, server and an admin client."""
+class AdminApis:
+    """The typed APIs over an `admin` client (the control plane's here, the real node's in tests/node)."""
 
-    kubeconfig: Path
-    server: str
-    ca_file: Path
     admin: client.ApiClient
-    logs: Path
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -43,6 +38,17 @@ class Cluster:
     @property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.admin)
+
+
+@dataclass(frozen=True)
+class Cluster(AdminApis):
+    """A running control plane as the tests see it: kubeconfig, server and an admin client."""
+
+    kubeconfig: Path
+    server: str
+    ca_file: Path
+    admin: client.ApiClient
+    logs: Path
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0,

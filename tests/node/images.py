@@ -6,18 +6,21 @@ Debian mirror apt uses, with Debian's Python 3.11. Each image is tagged
 `kontinual/<name>:node-<hash>` where the hash covers the Dockerfile, its build context (the
 files its .dockerignore lets through), the build arguments and the base image's id: a warm
 run finds the tag and builds nothing; a changed file rebuilds (Docker's layer cache keeps the
-torch layers) and the superseded tag is removed. `images/` itself is never changed.
+torch layers) and the superseded tag, with its copy of the venv in the build cache, is removed
+first. `images/` itself is never changed.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tests.cluster.build import BuildFailed, DEBIAN_MIRROR, cache_root, exclusive, log, run
@@ -146,14 +149,47 @@ def ensure_image(name: str) -> str:
         args = [arg for key, value in {"PYTHON_IMAGE": base, **BUILD_ARGS[name]}.items()
                 for arg in ("--build-arg", f"{key}={value}")]
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-        stale = [ref for ref in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
-                                       f"kontinual/{name}").split() if ref.split(":")[-1].startswith("node-")]
+        # The superseded image goes first, and with it its copy of the venv in the build cache
+        # (~7 GB for server and trainer): two generations do not fit on a small disk.
+        for ref in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"kontinual/{name}").split():
+            if ref.split(":")[-1].startswith("node-"):
+                subprocess.run([docker_cli(), "image", "rm", ref], capture_output=True)
+        prune_stale_venv_copies(before=datetime.now(timezone.utc))
         docker("build", "--network", "host", "--progress", "plain", "-f", f"images/{name}/Dockerfile",
                *args, "-t", tag, str(ROOT), env=env)
-        for ref in stale:
-            subprocess.run([docker_cli(), "image", "rm", ref], capture_output=True)
         log(f"built {tag} in {time.monotonic() - started:.0f} s")
         return tag
+
+
+def cache_records() -> list[dict[str, str]]:
+    return json.loads(docker("system", "df", "-v", "--format", "{{json .BuildCache}}") or "[]") or []
+
+
+def size_bytes(text: str) -> float:
+    units = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "B": 1.0}
+    for unit, factor in units.items():  # longest suffixes first
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * factor
+    return 0.0
+
+
+def prune_stale_venv_copies(before: datetime) -> None:
+    """Drops the build cache's final-stage venv copies (COPY --from=builder: gigabytes) last used
+    before `before`, children first; the layers the builds reuse (torch, pip installs) stay."""
+    records = cache_records()
+    used = {r["ID"]: datetime.fromisoformat(r["LastUsedAt"][:19]).replace(tzinfo=timezone.utc) for r in records}
+    stale = {r["ID"] for r in records if r.get("Description") == "fileop target"
+             and size_bytes(r.get("Size", "")) >= 1e9 and used[r["ID"]] < before}
+    children: dict[str, list[str]] = {}
+    for record in records:
+        children.setdefault(record.get("Parent", ""), []).append(record["ID"])
+
+    def leaf_first(ident: str) -> list[str]:
+        return [d for child in children.get(ident, []) for d in leaf_first(child)] + [ident]
+
+    for ident in [d for root in sorted(stale) for d in leaf_first(root)]:
+        subprocess.run([docker_cli(), "builder", "prune", "-a", "-f", "--filter", f"id={ident}"],
+                       capture_output=True)
 
 
 def ensure_images(names: tuple[str, ...] = ("operator", "server", "trainer")) -> dict[str, str]:

@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client
 from PIL import Image
 
-from tests.e2e.kube import GROUP, PLURAL, VERSION
+from tests.e2e.kube import GROUP, PLURAL, VERSION, AdminApis
 from tests.support.models import build_yolo_onnx
 from tests.support.tools import helm_binary
 
@@ -37,28 +37,12 @@ IMAGE_SIZE = 64
 
 
 @dataclass(frozen=True)
-class RealNode:
+class RealNode(AdminApis):
     """A running node as tests see it: its state (tests.node.node.Node) and an admin client."""
 
     node: Any
     admin: client.ApiClient
     state_dir: Path
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.admin)
-
-    @property
-    def apps(self) -> client.AppsV1Api:
-        return client.AppsV1Api(self.admin)
-
-    @property
-    def batch(self) -> client.BatchV1Api:
-        return client.BatchV1Api(self.admin)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.admin)
 
     @property
     def logs(self) -> Path:
