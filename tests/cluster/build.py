@@ -25,6 +25,11 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SUITE = "bookworm"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "etcd")
+# Both version packages are stamped: /version (what helm checks a chart's kubeVersion against)
+# reads client-go's; with component-base's alone it answers v0.0.0-master. A build made with
+# other stamps lacks this RECIPE file's text and is rebuilt.
+VERSION_PACKAGES = ("component-base/version", "client-go/pkg/version")
+RECIPE = f"version stamps: {', '.join(VERSION_PACKAGES)}"
 # reflect2 1.0.1 (vendored by kubernetes 1.20) panics at run time on Go >= 1.18.
 REFLECT2_PACKAGE = "golang-github-modern-go-reflect2-dev"
 APT_INDEX_MAX_AGE_S = 24 * 3600
@@ -144,6 +149,11 @@ def kube_dir(version: str) -> Path:
     return cache_root() / f"kube-{version}"
 
 
+def recipe_of(bin_dir: Path) -> str:
+    path = bin_dir / "RECIPE"
+    return path.read_text() if path.exists() else ""
+
+
 def cached_bin_dir() -> Path | None:
     """The newest complete cached build, used when the mirror cannot be asked for the version."""
     builds = sorted((d / "bin" for d in cache_root().glob("kube-*")
@@ -176,7 +186,7 @@ def ensure_binaries() -> Path:
                 f"using the cached build {fallback.parent.name}")
             return fallback
         bin_dir = kube_dir(version) / "bin"
-        if all((bin_dir / b).exists() for b in BINARIES):
+        if all((bin_dir / b).exists() for b in BINARIES) and recipe_of(bin_dir) == RECIPE:
             log(f"using cached binaries in {bin_dir}")
             return bin_dir
         started = time.monotonic()
@@ -205,6 +215,7 @@ def build(apt: PrivateApt, version: str, bin_dir: Path) -> None:
             f"in {time.monotonic() - step:.0f} s")
         compile_kubernetes(go, source, work, staging)
         (staging / "SOURCE").write_text(f"debian kubernetes {version}\n{run([str(go), 'version'], quiet=True)}")
+        (staging / "RECIPE").write_text(RECIPE)
         shutil.rmtree(bin_dir, ignore_errors=True)
         staging.rename(bin_dir)
     finally:
@@ -240,9 +251,10 @@ def compile_kubernetes(go: Path, source: Path, work: Path, out: Path) -> None:
     log(f"generated pkg/generated/openapi ({len(packages)} API packages) "
         f"in {time.monotonic() - step:.0f} s")
     step = time.monotonic()
-    prefix = "k8s.io/kubernetes/vendor/k8s.io/component-base/version"
-    ldflags = (f"-s -w -X {prefix}.gitVersion={git_version} -X {prefix}.gitMajor={major} "
-               f"-X {prefix}.gitMinor={minor} -X {prefix}.gitTreeState=clean")
+    ldflags = " ".join(["-s", "-w", *(f"-X k8s.io/kubernetes/vendor/k8s.io/{package}.{name}={value}"
+                                      for package in VERSION_PACKAGES for name, value in (
+                                          ("gitVersion", git_version), ("gitMajor", major), ("gitMinor", minor),
+                                          ("gitTreeState", "clean")))])
     log(f"compiling kube-apiserver and kube-controller-manager {git_version} (go build -p {jobs})")
     run([str(go), "build", "-p", jobs, "-trimpath", "-ldflags", ldflags, "-o", str(out) + "/",
          "./cmd/kube-apiserver", "./cmd/kube-controller-manager"], cwd=root, env=env)

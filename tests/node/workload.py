@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client
 from PIL import Image
 
-from tests.e2e.kube import GROUP, PLURAL, VERSION, AdminApis
+from tests.e2e.kube import GROUP, PLURAL, SECRET_LABEL, VERSION, AdminApis
 from tests.support.models import build_yolo_onnx
 from tests.support.tools import helm_binary
 
@@ -82,7 +82,8 @@ def install_chart(node: RealNode, images: dict[str, str], roboflow_url: str) -> 
 
 def create_model(node: RealNode) -> None:
     node.core.create_namespace({"metadata": {"name": NAMESPACE}})
-    node.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow"},
+    # Labelled by its owner for ContinualModels' use: the operator reads no other Secret.
+    node.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow", "labels": {SECRET_LABEL: "true"}},
                                                    "stringData": {"apiKey": API_KEY}})
     node.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, continual_model())
 
@@ -118,9 +119,11 @@ def continual_model() -> dict[str, Any]:
             "classNames": ["ball", "player"],
             "serving": {"resources": small},
             "storage": {"pvc": {"size": "10Gi"}},
-            "dataLogging": {"frequency": 1, "roboflow": {
+            "dataLogging": {"frequency": 1, "uploadPredictions": True, "roboflow": {
                 "workspace": "acme", "project": PROJECT, "apiKeySecretRef": {"name": "roboflow"}}},
-            "training": {"epochs": 1, "imageSize": IMAGE_SIZE, "batchSize": 4, "backoffLimit": 0,
+            # The double serves the dataset versions the test adds; it cannot generate new ones.
+            "training": {"dataset": {"version": "1"}, "epochs": 1, "imageSize": IMAGE_SIZE, "batchSize": 4,
+                         "backoffLimit": 0,
                          "baseWeights": "yolov5n.yaml", "device": "cpu",
                          "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "6Gi"}}},
             "rollout": {"gate": {"metric": "mAP50", "minDelta": 0.0}},
