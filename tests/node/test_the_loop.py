@@ -9,9 +9,10 @@ operator gates and promotes, and a load generator keeps requesting through the S
 the rolling update: 0 failed requests, each answered by v0 or v1, then only by v1. A run that
 cannot reach Roboflow leaves v1 serving, with the reason on the object.
 
-Opt-in (KONTINUAL_NODE_LOOP=1): it needs the three images (a cold build takes ~25 min here)
-and a real training run, and it has not yet passed on this machine, so it does not run in
-`make test` until it does.
+Opt-in (KONTINUAL_NODE_LOOP=1 make test-node): it passed on this machine (4 tests in 8 min 16 s
+with the images cached: 1101 requests through the rollout, 0 failed), but it has not yet run
+against the images of the operator code merged since, and a changed operator/ rebuilds the three
+images first (10-30 min here), so `make test` selects it once it has.
 """
 
 from __future__ import annotations
