@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from kontinual.controller import builders, spec as specs
 from kontinual.common import yamlio
@@ -141,14 +141,16 @@ class DeepSparseServer:
         return requests.post(self.infer_url, files=files, timeout=timeout)
 
     def metrics(self) -> dict[str, float]:
-        """The logger's Prometheus counters by name (`dropped_total{reason=x}` -> `dropped_x`)."""
+        """The logger's data-capture series by name (`dropped_total{reason=x}` -> `dropped_x`), from one scrape."""
         text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
         values: dict[str, float] = {}
-        for line in text.splitlines():
-            match = re.match(r'kontinual_capture_(\w+?)(?:_total)?\{[^}]*?(?:reason="(\w+)")?\} (\S+)$', line)
-            if match:
-                name = f"{match[1]}_{match[2]}" if match[2] else match[1]
-                values[name] = float(match[3])
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.name.startswith("kontinual_capture_") or sample.name.endswith("_created"):
+                    continue
+                name = sample.name.removeprefix("kontinual_capture_").removesuffix("_total")
+                reason = sample.labels.get("reason")
+                values[f"{name}_{reason}" if reason else name] = sample.value
         return values
 
     def wait_for(self, predicate: Any, timeout: float = 30.0) -> dict[str, float]:

@@ -180,6 +180,8 @@ def server_config(spec: Spec, target: ModelTarget | None = None) -> dict[str, An
         )
         config["loggers"] = loggers
         endpoint["data_logging"] = data_logging
+        # The server middleware reports each response's success to the logger: its failed-request count.
+        config["system_logging"] = {"enable": True, "request_details": {"enable": True}}
     return config
 
 

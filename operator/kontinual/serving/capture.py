@@ -202,7 +202,7 @@ class RequestCapture:
 
     def __init__(self, config: CaptureSettings, client: RoboflowClient | None, metrics_host: str, metrics_port: int) -> None:
         self.config = config
-        self.counters = Counters(config.endpoint)
+        self.counters = Counters(config.endpoint, config.model_version)
         self.uploader = Uploader(config, client, self.counters)
         self.metrics = MetricsServer(self.counters, metrics_host, metrics_port)
         self._cap = RateCap(config.max_per_minute)

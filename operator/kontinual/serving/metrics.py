@@ -1,75 +1,96 @@
-"""Data-capture counters and their Prometheus text exposition on a port of the pod."""
+"""A server pod's Prometheus metrics (prometheus_client): requests, latency and failures per model version, capture counters."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LOG = logging.getLogger("kontinual.serving")
 
-# name -> (type, help). Counters are totals since the server process started.
-METRICS: dict[str, tuple[str, str]] = {
-    "requests": ("counter", "Inference requests the logger saw (pipeline_inputs calls)."),
-    "sampled": ("counter", "Images selected by 1-of-frequency sampling."),
-    "uploaded": ("counter", "Images Roboflow stored as new."),
-    "duplicates": ("counter", "Images Roboflow already had (counted as success)."),
-    "annotations": ("counter", "Pre-annotations (model predictions) Roboflow accepted."),
-    "annotation_failures": ("counter", "Pre-annotations given up on."),
-    "dropped": ("counter", "Sampled images not uploaded: queue full, maxPerMinute cap, or unusable input."),
-    "failed": ("counter", "Uploads given up on (after retries, or a non-retryable 4xx such as a bad key)."),
-    "retried": ("counter", "Retries of Roboflow calls after 5xx, 429 or connection errors."),
-    "queue_depth": ("gauge", "Images waiting in the upload queue."),
+# Data capture: name -> help. Counters are totals since the server process started.
+METRICS: dict[str, str] = {
+    "requests": "Inference requests the logger saw (pipeline_inputs calls).",
+    "sampled": "Images selected by 1-of-frequency sampling.",
+    "uploaded": "Images Roboflow stored as new.",
+    "duplicates": "Images Roboflow already had (counted as success).",
+    "annotations": "Pre-annotations (model predictions) Roboflow accepted.",
+    "annotation_failures": "Pre-annotations given up on.",
+    "failed": "Uploads given up on (after retries, or a non-retryable 4xx such as a bad key).",
+    "retried": "Retries of Roboflow calls after 5xx, 429 or connection errors.",
 }
+DROPPED_HELP = "Sampled images not uploaded, by reason: queue full, maxPerMinute cap, or unusable input."
 PREFIX = "kontinual_capture_"
+SERVER_PREFIX = "kontinual_server_"
+# Seconds of one inference (pre-process, engine, post-process): YOLOv5 on CPU is 10 ms to seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Counters:
-    """Thread-safe counters; `dropped` is split by reason."""
+    """The pod's series in one registry: `inc`/`drop` for data capture, `served`/`failed_request` for requests.
 
-    def __init__(self, endpoint: str) -> None:
+    Labels are the endpoint (the ContinualModel's name) and, on the request series, the model
+    version the pod serves: one pod serves one version, so the label set stays bounded.
+    """
+
+    def __init__(self, endpoint: str, model_version: str = "", registry: CollectorRegistry | None = None) -> None:
         self.endpoint = endpoint
-        self._lock = threading.Lock()
-        self._values: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
+        self.model_version = str(model_version)
+        self.registry = registry or CollectorRegistry()
         self.queue_depth: Callable[[], int] = lambda: 0
+        self._lock = threading.Lock()
+        self._reasons: set[str] = set()
+        r = self.registry
+        self._capture = {name: Counter(PREFIX + name, help_text, ["endpoint"], registry=r).labels(endpoint)
+                         for name, help_text in METRICS.items()}
+        self._dropped = Counter(PREFIX + "dropped", DROPPED_HELP, ["endpoint", "reason"], registry=r)
+        self._dropped.labels(endpoint, "queue_full")  # the series exists (at 0) before the first drop
+        Gauge(PREFIX + "queue_depth", "Images waiting in the upload queue.", ["endpoint"],
+              registry=r).labels(endpoint).set_function(lambda: self.queue_depth())
+        version = [endpoint, self.model_version]
+        self._requests = Counter(SERVER_PREFIX + "requests", "Requests the server answered, by result: ok (an "
+                                 "inference finished) or failed (any response but 200).",
+                                 ["endpoint", "model_version", "result"], registry=r)
+        self._ok = self._requests.labels(*version, "ok")
+        self._failed = self._requests.labels(*version, "failed")
+        self._latency = Histogram(SERVER_PREFIX + "inference_duration_seconds", "Time of one finished inference "
+                                  "(pre-process, engine, post-process), as the DeepSparse pipeline timed it.",
+                                  ["endpoint", "model_version"], buckets=LATENCY_BUCKETS, registry=r).labels(*version)
 
     def inc(self, name: str, amount: int = 1) -> None:
-        if name not in METRICS:
-            raise KeyError(name)
-        with self._lock:
-            self._values[name] += amount
+        self._capture[name].inc(amount)  # KeyError for a name that is not a capture counter
 
     def drop(self, reason: str, amount: int = 1) -> None:
         with self._lock:
-            self._values["dropped"] += amount
-            self._dropped[reason] += amount
+            self._reasons.add(reason)
+        self._dropped.labels(self.endpoint, reason).inc(amount)
+
+    def served(self, seconds: float) -> None:
+        """One inference finished in `seconds`."""
+        self._ok.inc()
+        self._latency.observe(seconds)
+
+    def failed_request(self) -> None:
+        """The server answered a request with anything but 200."""
+        self._failed.inc()
 
     def snapshot(self) -> dict[str, int]:
-        """Every metric by name, plus `dropped_<reason>` entries."""
-        with self._lock:
-            values = {name: self._values[name] for name in METRICS if name != "queue_depth"}
-            values.update({f"dropped_{reason}": count for reason, count in self._dropped.items()})
-        values["queue_depth"] = self.queue_depth()
-        return values
+        """Every capture counter by name, `dropped` and `dropped_<reason>`, `queue_depth`, and the request totals."""
+        def value(metric: str, **labels: str) -> int:
+            return int(self.registry.get_sample_value(metric, {"endpoint": self.endpoint, **labels}) or 0)
 
-    def render(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        values = self.snapshot()
-        label = f'endpoint="{self.endpoint}"'
-        lines: list[str] = []
-        for name, (kind, help_text) in METRICS.items():
-            full = PREFIX + name + ("_total" if kind == "counter" else "")
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}"]
-            if name == "dropped":
-                with self._lock:
-                    reasons = dict(self._dropped) or {"queue_full": 0}
-                lines += [f'{full}{{{label},reason="{r}"}} {c}' for r, c in sorted(reasons.items())]
-            else:
-                lines.append(f"{full}{{{label}}} {values[name]}")
-        return "\n".join(lines) + "\n"
+        values = {name: value(f"{PREFIX}{name}_total") for name in METRICS}
+        with self._lock:
+            reasons = sorted(self._reasons)
+        values.update({f"dropped_{reason}": value(f"{PREFIX}dropped_total", reason=reason) for reason in reasons})
+        values["dropped"] = sum(values[f"dropped_{reason}"] for reason in reasons)
+        values["queue_depth"] = self.queue_depth()
+        version = {"model_version": self.model_version}
+        values["requests_ok"] = value(f"{SERVER_PREFIX}requests_total", **version, result="ok")
+        values["requests_failed"] = value(f"{SERVER_PREFIX}requests_total", **version, result="failed")
+        return values
 
 
 class MetricsServer:
@@ -77,36 +98,17 @@ class MetricsServer:
 
     def __init__(self, counters: Counters, host: str, port: int) -> None:
         self.counters = counters
-        self._server: ThreadingHTTPServer | None = None
-        counters_ref = counters
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                body = counters_ref.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
+        self._server: Any = None
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server, _thread = start_http_server(port, addr=host, registry=counters.registry)
         except OSError as exc:
-            _LOG.error("data capture metrics: cannot listen on %s:%s (%s); counters are not exported", host, port, exc)
+            _LOG.error("server metrics: cannot listen on %s:%s (%s); they are not exported", host, port, exc)
             return
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="kontinual-metrics", daemon=True).start()
-        _LOG.info("data capture metrics on http://%s:%s/metrics", host, self.port)
+        _LOG.info("server metrics on http://%s:%s/metrics", host, self.port)
 
     @property
     def port(self) -> int | None:
-        return self._server.server_address[1] if self._server else None
+        return int(self._server.server_address[1]) if self._server else None
 
     def close(self) -> None:
         if self._server is not None:

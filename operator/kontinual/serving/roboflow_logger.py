@@ -29,8 +29,13 @@ Design that follows from this:
   before its outputs: its images are uploaded without predictions.
 * The `maxPerMinute` cap is applied at sampling time; then a non-blocking hand-off to
   `capture.Uploader` (bounded queue, worker threads, retries). This thread never does I/O.
-* Counters are served in Prometheus text format (`metrics.MetricsServer`); an `atexit` hook
+* Counters are served with prometheus_client (`metrics.MetricsServer`); an `atexit` hook
   drains the queue for a bounded time when the server process exits.
+* Request metrics come from DeepSparse's own system logging, which reaches every leaf logger:
+  each finished inference logs `<pipeline>/prediction_latency/total_inference_seconds` (on by
+  default), and with the server config's `system_logging.request_details` on, the server's
+  middleware logs `request_details/successful_request_count` (1 for a 200, else 0) for every HTTP
+  response. Health probes answer 200, so the failures are the requests a client saw fail.
 
 The API key is read from the environment (`ROBOFLOW_API_KEY`, from a Secret); the server
 config holds none, and nothing here logs it.
@@ -55,6 +60,10 @@ from kontinual.serving.metrics import Counters, MetricsServer
 
 _LOG = logging.getLogger("kontinual.serving")
 INPUTS, OUTPUTS = "pipeline_inputs", "pipeline_outputs"
+# System logging identifiers (deepsparse 1.8.0: legacy/pipeline.py log_inference_times, prefixed with the
+# pipeline name; server/system_logging.py SystemLoggingMiddleware, once per HTTP response, 1 for a 200).
+LATENCY_ID = "/prediction_latency/total_inference_seconds"
+REQUEST_ID = "request_details/successful_request_count"
 
 
 def _ensure_log_handler() -> None:
@@ -89,7 +98,7 @@ class RoboflowLogger(BaseLogger):
         self.config = CaptureSettings.from_mapping(settings, where="RoboflowLogger")
         _ensure_log_handler()
         client = client_for(self.config)
-        self.counters = Counters(self.config.endpoint)
+        self.counters = Counters(self.config.endpoint, self.config.model_version)
         self.uploader = Uploader(self.config, client, self.counters)
         self.metrics = MetricsServer(self.counters, os.environ.get(METRICS_HOST_ENV, "0.0.0.0"), self.config.metrics_port)
         self._cap = RateCap(self.config.max_per_minute)
@@ -106,7 +115,8 @@ class RoboflowLogger(BaseLogger):
     def log(self, identifier: str, value: Any, category: Any = None, **kwargs: Any) -> None:
         stage = identifier.rsplit("/", 1)[-1].split("__", 1)[0]
         if stage not in (INPUTS, OUTPUTS):
-            return  # system logging and other data targets
+            self._system(identifier, value)
+            return
         pipeline = str(kwargs.get("pipeline_name") or identifier.split("/", 1)[0])
         try:
             if stage == INPUTS:
@@ -115,6 +125,16 @@ class RoboflowLogger(BaseLogger):
                 self._on_outputs(pipeline, value)
         except Exception:  # never let data capture break DeepSparse's logging thread
             _LOG.exception("data capture: could not handle %s", identifier)
+
+    def _system(self, identifier: str, value: Any) -> None:
+        """DeepSparse's system logging: a finished inference's time, and each HTTP response's success."""
+        try:
+            if identifier.endswith(LATENCY_ID):
+                self.counters.served(float(value))
+            elif identifier == REQUEST_ID and not value:
+                self.counters.failed_request()
+        except Exception:  # never let metrics break DeepSparse's logging thread
+            _LOG.exception("server metrics: could not count %s", identifier)
 
     def _on_inputs(self, pipeline: str, value: Any) -> None:
         with self._lock:
