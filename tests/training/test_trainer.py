@@ -12,7 +12,9 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from PIL import Image
 
+from kontinual.trainer.pictures import CELL
 from tests.support.roboflow_double import RoboflowDouble
 from tests.support.synthetic import make_dataset
 from tests.support.zoo_models import SPARSIFY_RECIPE, onnx_conv_masks
@@ -64,7 +66,8 @@ def assert_complete_version(root: Path, run: Run, version: int) -> dict:
     assert result["onnx"] == f"v{version}/model.onnx"
     folder = root / f"v{version}"
     assert sorted(p.name for p in folder.iterdir()) == \
-        ["manifest.json", "metrics.json", "model.onnx", "model.pt", "recipe.yaml", "result.json"]
+        ["curves.png", "manifest.json", "metrics.json", "model.onnx", "model.pt", "pr_curve.png",
+         "predictions.png", "recipe.yaml", "result.json"]
     # The result survives its pod: the claim holds the same JSON as the termination message.
     assert json.loads((folder / "result.json").read_text()) == result
     assert not list(root.glob(f".v{version}.tmp-*"))
@@ -138,6 +141,15 @@ def test_pruning_run_from_roboflow(roboflow_run: tuple[Run, RoboflowDouble], cla
     assert rf.api_key not in run.log and rf.api_key not in json.dumps(run.result)
     onnx_file = claim / "v1/model.onnx"
     assert abs(conv_weight_sparsity(onnx_file) - 0.5) <= 0.01
+    # The pictures a person opens: no serving model was given, so the grid is the candidate's column alone.
+    assert manifest["pictures"] == {"written": ["predictions.png", "pr_curve.png", "curves.png"], "failed": {}}
+    for name in ("predictions.png", "pr_curve.png", "curves.png"):
+        with Image.open(claim / "v1" / name) as picture:
+            picture.verify()
+            assert picture.format == "PNG" and min(picture.size) >= 200, name
+    with Image.open(claim / "v1/predictions.png") as grid:
+        assert CELL <= grid.width < 2 * CELL  # one column
+    assert len(manifest["training"]["epoch_losses"]) == 2
     assert manifest["quantized"] is False
     assert not {n.op_type for n in onnx.load(str(onnx_file)).graph.node} & {"ConvInteger", "QLinearConv"}
     image = np.random.default_rng(0).integers(0, 255, (1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)

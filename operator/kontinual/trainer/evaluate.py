@@ -11,16 +11,19 @@ import torch
 
 from kontinual.trainer.errors import EVALUATION_FAILED, TrainingError
 from kontinual.trainer.export import _feed
+from kontinual.trainer.pictures import Evidence
 
 _LOG = logging.getLogger(__name__)
 CONF_THRESHOLD = 0.001  # yolov5 val.py's thresholds for mAP
 IOU_THRESHOLD = 0.6
 
 
-def evaluate_onnx(onnx_path: Path, images: Path, image_size: int, workers: int, nc: int) -> dict[str, float]:
-    """mAP50 and mAP50_95 (plus precision and recall) of the ONNX on a split, images letterboxed to S."""
+def evaluate_onnx(onnx_path: Path, images: Path, image_size: int, workers: int, nc: int,
+                  evidence: Evidence | None = None) -> dict[str, float]:
+    """mAP50 and mAP50_95 (plus precision and recall) of the ONNX on a split, images letterboxed to S;
+    `evidence`, when given, keeps the first images' detections and the statistics for the pictures."""
     try:
-        return _evaluate(onnx_path, images, image_size, workers, nc)
+        return _evaluate(onnx_path, images, image_size, workers, nc, evidence)
     except TrainingError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -28,7 +31,8 @@ def evaluate_onnx(onnx_path: Path, images: Path, image_size: int, workers: int, 
                             f"{type(exc).__name__}: {exc}") from exc
 
 
-def _evaluate(onnx_path: Path, images: Path, image_size: int, workers: int, nc: int) -> dict[str, float]:
+def _evaluate(onnx_path: Path, images: Path, image_size: int, workers: int, nc: int,
+              evidence: Evidence | None) -> dict[str, float]:
     import onnxruntime
     from yolov5.utils.dataloaders import create_dataloader
     from yolov5.utils.general import non_max_suppression, xywh2xyxy
@@ -41,9 +45,12 @@ def _evaluate(onnx_path: Path, images: Path, image_size: int, workers: int, nc: 
     iouv = torch.linspace(0.5, 0.95, 10)
     stats: list[tuple[torch.Tensor, ...]] = []
     started = time.monotonic()
-    for batch, targets, _paths, _shapes in loader:
-        output = session.run(None, _feed(session, batch.numpy().astype(np.uint8)))[0]
+    for batch, targets, paths, _shapes in loader:
+        pixels = batch.numpy().astype(np.uint8)
+        output = session.run(None, _feed(session, pixels))[0]
         pred = non_max_suppression(torch.from_numpy(output), CONF_THRESHOLD, IOU_THRESHOLD, max_det=300)[0]
+        if evidence is not None:
+            evidence.keep(Path(paths[0]).name, pixels[0], pred.numpy())
         labels = targets[:, 1:].clone()
         labels[:, 1:] = xywh2xyxy(labels[:, 1:] * image_size)
         if len(pred) == 0:
@@ -57,6 +64,8 @@ def _evaluate(onnx_path: Path, images: Path, image_size: int, workers: int, nc: 
     metrics = {"mAP50": 0.0, "mAP50_95": 0.0, "precision": 0.0, "recall": 0.0}
     if stats:
         arrays = [torch.cat(x, 0).numpy() for x in zip(*stats)]
+        if evidence is not None:
+            evidence.stats = (arrays[0], arrays[1], arrays[2], arrays[3])
         if arrays[0].any():
             _tp, _fp, p, r, _f1, ap, _cls = ap_per_class(*arrays, plot=False, names={i: str(i) for i in range(nc)})
             metrics = {"mAP50": float(ap[:, 0].mean()), "mAP50_95": float(ap.mean(1).mean()),

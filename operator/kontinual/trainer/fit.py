@@ -149,7 +149,8 @@ def train(loaded: LoadedModel, recipe: Recipe, train_images: Path, settings: Tra
     model.to("cpu").eval()
     loss = epoch_losses[-1] if epoch_losses else math.nan
     return {"seconds": round(time.monotonic() - started, 1), "steps_per_epoch": steps_per_epoch,
-            "qat_steps": qat_steps, "final_loss": round(loss, 5)}
+            "qat_steps": qat_steps, "final_loss": round(loss, 5),
+            "epoch_losses": [round(v, 5) for v in epoch_losses]}
 
 
 def _calibrate(model: torch.nn.Module, loader: Any, device: torch.device, batches: int = 4) -> None:

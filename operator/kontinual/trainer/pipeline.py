@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -55,11 +56,13 @@ def run(args: argparse.Namespace) -> TrainingResult:
     from kontinual.trainer.export import check_onnx, export_onnx, onnx_conv_sparsity
     from kontinual.trainer.fit import TrainSettings, train
     from kontinual.trainer.model import build_model, conv_sparsity, is_quantized, read_base, save_checkpoint
+    from kontinual.trainer.pictures import Evidence, write_pictures
     from kontinual.trainer.recipes import build_recipe, read_recipe
 
     timings: dict[str, float] = {}
     device = _device(args.device)
     work = Path(tempfile.mkdtemp(prefix="kontinual-train-", dir=args.work_dir))
+    os.environ.setdefault("MPLCONFIGDIR", str(work / "matplotlib"))  # the container's HOME may be read-only
     folder = VersionFolder(args.output_dir, args.version)
     try:
         folder.create()  # first: a taken version fails before any download
@@ -109,8 +112,9 @@ def run(args: argparse.Namespace) -> TrainingResult:
         _LOG.info("sparsity of conv weights: %.4f in the ONNX (%.4f in PyTorch)", overall, torch_overall)
         with _step("evaluate", timings):
             split = data.eval_split
+            seen, seen_by_baseline = Evidence(), Evidence()
             metrics = evaluate_onnx(onnx_path, data.split_images(split), args.image_size, args.workers,
-                                    len(data.names))
+                                    len(data.names), seen)
             baseline: dict = {}
             if args.baseline_model:
                 baseline = evaluate_baseline(
@@ -118,11 +122,15 @@ def run(args: argparse.Namespace) -> TrainingResult:
                                   parse_class_names(args.baseline_class_names)),
                     data.names, data.split_images(split), image_size=args.image_size,
                     evaluate=lambda path, size, nc: evaluate_onnx(path, data.split_images(split), size,
-                                                                  args.workers, nc))
+                                                                  args.workers, nc, seen_by_baseline))
         evaluated_on = {"split": split, "images": data.images[split], "datasetVersion": data.version}
         write_json(folder.file("metrics.json"), {**metrics, "split": split, "images": data.images[split],
                                                  "imageSize": args.image_size, "baseline": baseline,
                                                  "evaluatedOn": evaluated_on})
+        with _step("pictures", timings):
+            pictures = write_pictures(folder.tmp, names=data.names, version=args.version, candidate=seen,
+                                      baseline=seen_by_baseline if args.baseline_model else None,
+                                      baseline_result=baseline, losses=trained["epoch_losses"], split=split)
         source = str(args.dataset_dir) if args.dataset_dir is not None else \
             f"roboflow:{args.roboflow_workspace}/{args.roboflow_project}"
         dataset_info = {"version": data.version, "source": source, "generated": generated,
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
             extra={"recipe": recipe_source, "baseWeights": args.base_weights, "epochs": args.epochs,
                    "imageSize": args.image_size, "batchSize": args.batch_size, "device": str(device),
                    "quantized": bool(checks["quantized_ops"]), "onnx": checks, "training": trained,
+                   "pictures": pictures,
                    "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
         from kontinual.trainer.artifacts import sha256
 
