@@ -98,3 +98,16 @@ def test_write_pictures_with_an_evaluated_baseline_draws_two_columns(tmp_path: P
                             losses=[2.0], split="valid")
     assert result == {"written": [PREDICTIONS, PR_CURVE, CURVES], "failed": {}}
     assert opened(tmp_path / PREDICTIONS)[0] > 2 * CELL
+
+
+def test_an_image_without_confident_detections_says_so(tmp_path: Path) -> None:
+    seen = Evidence()
+    seen.keep("empty.jpg", np.full((3, 96, 96), 90, dtype=np.uint8),
+              np.array([[5, 5, 30, 30, 0.07, 1]], dtype=np.float32))
+    assert len(seen.samples[0].boxes) == 0 and seen.samples[0].best == pytest.approx((0.07, 1))
+    draw_predictions(tmp_path / PREDICTIONS, seen.samples, NAMES, candidate_title="v1 (candidate)")
+    with Image.open(tmp_path / PREDICTIONS) as grid:
+        cell = np.asarray(grid.convert("RGB"))[28:28 + CELL, 6:6 + CELL]
+    # The note's black band at the cell's bottom, white text on it; the rest is the image's grey.
+    assert (cell[-10:] == 0).all(-1).mean() > 0.3 and (cell[-22:] == 255).all(-1).any()
+    assert (cell[:CELL // 2] == 90).all(-1).mean() > 0.99

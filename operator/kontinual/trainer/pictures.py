@@ -28,6 +28,7 @@ class Sample:
     name: str
     image: np.ndarray
     boxes: np.ndarray
+    best: tuple[float, int] | None = None  # the most confident detection (conf, class), shown or not
 
 
 @dataclass
@@ -42,7 +43,9 @@ class Evidence:
     def keep(self, name: str, image_chw: np.ndarray, pred: np.ndarray) -> None:
         if len(self.samples) < self.limit:
             shown = pred[pred[:, 4] >= SHOWN_CONFIDENCE] if len(pred) else pred.reshape(0, 6)
-            self.samples.append(Sample(name, np.ascontiguousarray(image_chw.transpose(1, 2, 0)), shown))
+            top = pred[int(np.argmax(pred[:, 4]))] if len(pred) else None
+            best = (float(top[4]), int(top[5])) if top is not None else None
+            self.samples.append(Sample(name, np.ascontiguousarray(image_chw.transpose(1, 2, 0)), shown, best))
 
 
 def _font(size: int) -> Any:
@@ -71,6 +74,14 @@ def _annotated(sample: Sample, names: Sequence[str]) -> Any:
         top_y = max(0.0, box[1] - (bottom - top) - 2)
         draw.rectangle([box[0], top_y, box[0] + right - left + 4, top_y + bottom - top + 2], fill=color)
         draw.text((box[0] + 2, top_y), label, fill=(255, 255, 255), font=font)
+    if not len(sample.boxes):
+        # An empty cell must not read as "nothing there": say the model found nothing confident enough.
+        best = "" if sample.best is None else \
+            f" (best: {names[sample.best[1]] if sample.best[1] < len(names) else sample.best[1]} {sample.best[0]:.2f})"
+        note = f"no detection >= {SHOWN_CONFIDENCE}{best}"
+        left, top, right, bottom = draw.textbbox((4, image.height - 20), note, font=font)
+        draw.rectangle([0, top - 3, right + 4, image.height], fill=(0, 0, 0))
+        draw.text((4, image.height - 20), note, fill=(255, 255, 255), font=font)
     return image
 
 
