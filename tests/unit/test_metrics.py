@@ -81,6 +81,22 @@ def test_a_deleted_model_leaves_no_series_behind() -> None:
     assert sample(metrics, "kontinual_operator_reconciles_total", result="error") == 2  # global totals stay
 
 
+def test_a_reconcile_or_poll_that_ends_after_the_deletion_does_not_bring_the_series_back() -> None:
+    metrics = OperatorMetrics(process=False)
+    metrics.model_state("vision", "soccer", {"serving": {"version": 1}, "conditions": []}, uid="uid-1")
+    metrics.forget("vision", "soccer", "uid-1")
+    # Started before the deletion, finished after it:
+    metrics.reconciled("vision", "soccer", seconds=0.1, invalid=False, error=True, uid="uid-1")
+    metrics.events("vision", "soccer", ["TrainingStarted"], uid="uid-1")
+    metrics.model_state("vision", "soccer", {"serving": {"version": 1}, "conditions": []}, uid="uid-1")
+    metrics.polled("vision", "soccer", seconds=0.1, failed=False, uid="uid-1")
+    assert sample(metrics, "kontinual_operator_serving_model_version", namespace="vision", name="soccer") is None
+    assert sample(metrics, "kontinual_operator_training_runs_started_total", namespace="vision", name="soccer") is None
+    # A new model of the same name (a new uid) is counted again.
+    metrics.model_state("vision", "soccer", {"serving": {"version": 0}, "conditions": []}, uid="uid-2")
+    assert sample(metrics, "kontinual_operator_serving_model_version", namespace="vision", name="soccer") == 0
+
+
 def _scrape_text(metrics: OperatorMetrics) -> str:
     from prometheus_client import generate_latest
 

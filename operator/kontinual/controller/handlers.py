@@ -101,11 +101,12 @@ def _reconcile(body: Any) -> Outcome | None:
 def _count(outcome: Outcome, seconds: float) -> None:
     assert outcome.body is not None
     meta = outcome.body["metadata"]
-    namespace, name = meta.get("namespace") or "", meta["name"]
-    METRICS.reconciled(namespace, name, seconds=seconds, invalid=bool(outcome.invalid), error=bool(outcome.error))
-    METRICS.events(namespace, name, (reason for _, reason, _ in outcome.events))
+    namespace, name, uid = meta.get("namespace") or "", meta["name"], meta.get("uid")
+    METRICS.reconciled(namespace, name, seconds=seconds, invalid=bool(outcome.invalid), error=bool(outcome.error),
+                       uid=uid)
+    METRICS.events(namespace, name, (reason for _, reason, _ in outcome.events), uid=uid)
     if outcome.status is not None:
-        METRICS.model_state(namespace, name, outcome.status)
+        METRICS.model_state(namespace, name, outcome.status, uid=uid)
 
 
 def _run(body: kopf.Body, *, announce: bool) -> None:
@@ -133,7 +134,7 @@ def on_delete(name: str, namespace: str | None, uid: str, **_: Any) -> None:
     # Children go with the owner (ownerReferences); only our in-memory bookkeeping is ours to drop.
     if namespace:
         forget(namespace, name)
-        METRICS.forget(namespace, name)
+        METRICS.forget(namespace, name, uid)
     _State.last_reconciled.pop(uid, None)
     poller = polling.current()
     if poller is not None:

@@ -10,6 +10,8 @@ reasons of the Events it raised, so a counter moves exactly when a user would se
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -21,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 log = logging.getLogger(__name__)
 PREFIX = "kontinual_operator_"
 MODEL = ("namespace", "name")
+DELETED_KEPT = 1000  # uids of deleted models remembered, so late updates cannot revive their series
 # Event reason -> (per-model counter, its label value or None).
 TRAINING_RESULTS = {"TrainingSucceeded": "succeeded", "TrainingFailed": "failed"}
 GATE_RESULTS = {"ModelPromoted": "promoted", "ModelRejected": "rejected"}
@@ -65,18 +68,29 @@ class OperatorMetrics:
                                      "serves (0: its seed model).", list(MODEL), registry=r)
         self.ready = Gauge(f"{PREFIX}model_ready", "1 while the ContinualModel's Ready condition is True, else 0.",
                            list(MODEL), registry=r)
+        # uids of deleted models: a reconcile or poll that started before the deletion and ends after it
+        # must not bring the series back (bounded: the oldest are dropped).
+        self._deleted: OrderedDict[str, None] = OrderedDict()
+        self._deleted_lock = threading.Lock()
         self._per_model = (self.errors, self.training_started, self.training_runs, self.gate, self.promotions,
                            self.rollbacks, self.polls, self.serving_version, self.ready)
 
-    def reconciled(self, namespace: str, name: str, *, seconds: float, invalid: bool, error: bool) -> None:
+    def _live(self, uid: str | None) -> bool:
+        with self._deleted_lock:
+            return uid is None or uid not in self._deleted
+
+    def reconciled(self, namespace: str, name: str, *, seconds: float, invalid: bool, error: bool,
+                   uid: str | None = None) -> None:
         result = "invalid_spec" if invalid else "error" if error else "ok"
         self.reconciles.labels(result).inc()
         self.reconcile_seconds.observe(seconds)
-        if result != "ok":
+        if result != "ok" and self._live(uid):
             self.errors.labels(namespace, name, "invalid_spec" if invalid else "api_error").inc()
 
-    def events(self, namespace: str, name: str, reasons: Iterable[str]) -> None:
+    def events(self, namespace: str, name: str, reasons: Iterable[str], *, uid: str | None = None) -> None:
         """Count training outcomes and rollouts from the reasons of the Events a reconcile raised."""
+        if not self._live(uid):
+            return
         for reason in reasons:
             if reason in TRAINING_RESULTS:
                 self.training_runs.labels(namespace, name, TRAINING_RESULTS[reason]).inc()
@@ -89,21 +103,29 @@ class OperatorMetrics:
             elif reason == "RolledBack":
                 self.rollbacks.labels(namespace, name).inc()
 
-    def model_state(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def model_state(self, namespace: str, name: str, status: Mapping[str, Any], *, uid: str | None = None) -> None:
         """The serving version and readiness the reconcile just wrote to status."""
+        if not self._live(uid):
+            return
         version = (status.get("serving") or {}).get("version")
         if isinstance(version, int):
             self.serving_version.labels(namespace, name).set(version)
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
         self.ready.labels(namespace, name).set(1 if ready else 0)
 
-    def polled(self, namespace: str, name: str, *, seconds: float, failed: bool) -> None:
+    def polled(self, namespace: str, name: str, *, seconds: float, failed: bool, uid: str | None = None) -> None:
         """One Roboflow project poll finished (a failure is a result here, not an exception)."""
         self.poll_seconds.observe(seconds)
-        self.polls.labels(namespace, name, "failed" if failed else "ok").inc()
+        if self._live(uid):
+            self.polls.labels(namespace, name, "failed" if failed else "ok").inc()
 
-    def forget(self, namespace: str, name: str) -> None:
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Drop a deleted model's series, so the label set stays bounded by the models that exist."""
+        if uid is not None:
+            with self._deleted_lock:
+                self._deleted[uid] = None
+                while len(self._deleted) > DELETED_KEPT:
+                    self._deleted.popitem(last=False)
         for metric in self._per_model:
             for labels in list(_label_sets(metric)):
                 if labels[:2] == (namespace, name):

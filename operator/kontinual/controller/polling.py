@@ -102,7 +102,7 @@ class Poller:
         try:
             result = poll_once(request, self.deadline)
             METRICS.polled(request.namespace, request.name, seconds=time.monotonic() - started,
-                           failed=result.error is not None)
+                           failed=result.error is not None, uid=request.uid)
             with self._lock:
                 self._results[request.uid] = result
         finally:
