@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -166,22 +165,12 @@ def main() -> None:
     if not RUNTIME_PYTHON.is_file():
         sys.exit(f"{RUNTIME_PYTHON} missing: run make venv")
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-    from benchmarks.sparse_speedup import DENSE_RECIPE, SPARSE_QUANT_RECIPE, train
-    from tests.support.synthetic import make_dataset
+    from benchmarks.sparse_speedup import trained_models
 
     with tempfile.TemporaryDirectory(prefix="kontinual-bench-") as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = []
-        for version, recipe, epochs in ((1, SPARSE_QUANT_RECIPE, 2), (2, DENSE_RECIPE, 1)):
-            saved = work / f"result-{version}.json"
-            if (work / "models" / f"v{version}").is_dir() and saved.is_file():
-                results.append(json.loads(saved.read_text()))
-                continue
-            dataset = work / "soccer"
-            if not (dataset / "data.yaml").is_file():
-                make_dataset(dataset, n_train=4, n_valid=2, n_test=2, size=SIZE)
-            results.append(train(work, dataset, recipe, version, epochs))
+        results = trained_models(work)
         sparse, dense = (work / "models" / r["onnx"] for r in results)
         load_before = os.getloadavg()[0]
         engines: list[tuple[str, str, dict[int, float]]] = []

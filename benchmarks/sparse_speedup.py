@@ -112,6 +112,21 @@ def onnxruntime_items_per_s(onnx_path: Path, batch: int, seconds: float, work: P
     return measure(lambda: session.run(None, feed), batch, seconds)
 
 
+def trained_models(work: Path) -> list[dict]:
+    """The results of the sparse INT8 (v1) and dense fp32 (v2) runs in work, trained once and reused."""
+    results = []
+    for version, recipe, epochs in ((1, SPARSE_QUANT_RECIPE, 2), (2, DENSE_RECIPE, 1)):
+        saved = work / f"result-{version}.json"
+        if (work / "models" / f"v{version}").is_dir() and saved.is_file():
+            results.append(json.loads(saved.read_text()))
+            continue
+        dataset = work / "soccer"
+        if not (dataset / "data.yaml").is_file():
+            make_dataset(dataset, n_train=4, n_valid=2, n_test=2, size=SIZE)
+        results.append(train(work, dataset, recipe, version, epochs))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement")
@@ -125,16 +140,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kontinual-bench-") as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = []
-        for version, recipe, epochs in ((1, SPARSE_QUANT_RECIPE, 2), (2, DENSE_RECIPE, 1)):
-            saved = work / f"result-{version}.json"
-            if (work / "models" / f"v{version}").is_dir() and saved.is_file():
-                results.append(json.loads(saved.read_text()))
-                continue
-            dataset = work / "soccer"
-            if not (dataset / "data.yaml").is_file():
-                make_dataset(dataset, n_train=4, n_valid=2, n_test=2, size=SIZE)
-            results.append(train(work, dataset, recipe, version, epochs))
+        results = trained_models(work)
         sparse, dense = results
         sparse_onnx, dense_onnx = work / "models" / sparse["onnx"], work / "models" / dense["onnx"]
         load_before = os.getloadavg()
