@@ -55,7 +55,9 @@ def test_service_monitor_selects_the_metrics_service() -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    # honorLabels: the per-model `namespace` label is the ContinualModel's, not the operator pod's.
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                             "honorLabels": True}]
     assert service["spec"]["ports"][0]["name"] == "metrics"
 
 
@@ -73,7 +75,9 @@ def test_pod_monitor_selects_every_server_pod_where_the_operator_watches(scope: 
     pod = server["spec"]["template"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert "metrics" in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
-    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    # honorLabels: the series' `endpoint` label is the ContinualModel's name, not the port's.
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
+                                                       "honorLabels": True}]
 
 
 @pytest.mark.parametrize("values, complaint", [

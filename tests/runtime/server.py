@@ -32,12 +32,13 @@ def with_runtime(cr: dict[str, Any], runtime: str) -> dict[str, Any]:
 class KServeServer(DeepSparseServer):
     """`with KServeServer(cr, api_key, workdir) as server:` the kserve runtime, ready, on 127.0.0.1."""
 
-    def __init__(self, cr: dict[str, Any], api_key: str, workdir: Path, **capture_overrides: Any) -> None:
+    def __init__(self, cr: dict[str, Any], api_key: str, workdir: Path, *, target: builders.ModelTarget | None = None,
+                 **capture_overrides: Any) -> None:
         if not RUNTIME_PYTHON.is_file():
             pytest.skip(f"{RUNTIME_PYTHON} missing: `make venv` creates it")
         self.spec = parse(cr)
         assert self.spec.serving.runtime != "deepsparse", "a KServeServer needs spec.serving.runtime openvino/onnxruntime"
-        self.config = builders.server_config(self.spec)
+        self.config = builders.server_config(self.spec, target)  # target: the model version served (default the seed)
         if capture_overrides:  # test-only knobs (back-off, workers) are capture keywords, as the logger's
             self.config["capture"].update(capture_overrides)
         self.workdir = workdir

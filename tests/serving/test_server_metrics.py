@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from kontinual.serving.metrics import Counters
 
 from tests.serving.conftest import jpeg
 from tests.serving.server import DeepSparseServer, continual_model, free_port
@@ -48,6 +51,18 @@ def labels(**values: str) -> frozenset[tuple[str, str]]:
     return frozenset(values.items())
 
 
+def families(metrics: Iterable[Metric]) -> dict[str, tuple[str, frozenset[str]]]:
+    """Family name -> (type, label names but `le`): what a dashboard's queries select on. The text format
+    gives each counter's and histogram's `_created` timestamps a gauge family of their own: not a series to chart."""
+    return {family.name: (family.type, frozenset(k for s in family.samples for k in s.labels if k != "le"))
+            for family in metrics if not family.name.endswith("_created")}
+
+
+def registered() -> dict[str, tuple[str, frozenset[str]]]:
+    """The families kontinual.serving.metrics.Counters registers (every runtime's server pods export these)."""
+    return families(Counters("any", "0").registry.collect())
+
+
 def test_requests_latency_and_failures_per_model_version(server: DeepSparseServer) -> None:
     version = {"endpoint": "soccer", "model_version": "0"}  # the seed model: what the pod serves
     ok = ("kontinual_server_requests_total", labels(**version, result="ok"))
@@ -85,3 +100,6 @@ def test_the_exposition_is_prometheus_clients_with_help_and_types(server: DeepSp
                                                                   "histogram"),
                        ("kontinual_capture_uploaded_total", "counter"), ("kontinual_capture_queue_depth", "gauge")]:
         assert f"# TYPE {name} {kind}" in text and f"# HELP {name} " in text
+    # Exactly the families and labels of kontinual.serving.metrics (tests/runtime/test_server_metrics.py checks
+    # the kserve runtime's pod against the same), so one dashboard covers both runtimes.
+    assert families(text_string_to_metric_families(text)) == registered()

@@ -8,6 +8,12 @@ tensors: the engine's raw output), plus `POST /v2/models/NAME/infer/from_files` 
 once per image), registered on kserve's module-level FastAPI app before `ModelServer.start` adds its routers.
 One uvicorn worker (kserve pickles models into worker processes, which a compiled engine does not survive):
 scale with replicas. Data capture uses the same core as the DeepSparse logger (kontinual.serving.capture).
+
+Server metrics (with dataLogging, on its metricsPort): the same `kontinual.serving.metrics.Counters` as the
+DeepSparse logger, counted the way DeepSparse Server's system logging counts them, so one dashboard reads both:
+`ok` and the latency histogram once per finished inference (from_files: pre-process, engine, post-process, not
+the upload's decoding; OIP v2 tensors: the engine), `failed` once per HTTP response but a 200 (the
+`FailedRequests` middleware, as DeepSparse's `request_details`), so health probes are neither.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,11 +31,13 @@ import yaml
 from fastapi import File, HTTPException, UploadFile
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kontinual.common.capture_settings import CaptureSettings
 from kontinual.common.names import METRICS_HOST_ENV
 from kontinual.serving import engines, yolo
 from kontinual.serving.capture import RequestCapture, client_for
+from kontinual.serving.metrics import Counters
 
 _LOG = logging.getLogger("kontinual.serving")
 
@@ -79,9 +88,11 @@ class YoloModel(Model):
 
     def answer(self, images: Sequence[numpy.ndarray]) -> dict[str, Any]:
         """The from_files answer, and (1 of `frequency` requests) the images and boxes handed to data capture."""
+        started = time.perf_counter()
         detections = self.detect(images)
         body = yolo.response(detections, self.class_names)
         if self.capture is not None:
+            self.capture.counters.served(time.perf_counter() - started)
             for i in self.capture.sample(images):
                 self.capture.submit(images[i], body["boxes"][i], body["labels"][i])
         return body
@@ -91,7 +102,10 @@ class YoloModel(Model):
         """OIP v2 tensors: the first input is the model's image batch, the answer the engine's raw output."""
         assert self._runner is not None
         batch = payload.inputs[0].as_numpy()
+        started = time.perf_counter()
         output = await run_in_threadpool(self._runner.run, batch)
+        if self.capture is not None:
+            self.capture.counters.served(time.perf_counter() - started)
         result = InferOutput(name="output", shape=list(output.shape), datatype="FP32")
         result.set_data_from_numpy(numpy.asarray(output, dtype=numpy.float32), binary_data=False)
         return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=[result])
@@ -100,6 +114,35 @@ class YoloModel(Model):
         """kserve calls this when the server shuts down (SIGTERM): drain the capture queue for a bounded time."""
         if self.capture is not None:
             self.capture.close()
+
+
+class FailedRequests:
+    """ASGI middleware: every HTTP response but a 200 (or none, the request having raised) is a failed request.
+
+    DeepSparse Server's `SystemLoggingMiddleware` counts the same way (`successful_request_count` 0 for anything
+    but a 200); kserve's own error handlers (404 unknown model, 400/422 bad input, 500) all answer through here.
+    """
+
+    def __init__(self, app: ASGIApp, counters: Counters) -> None:
+        self.app = app
+        self.counters = counters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if status != [200]:
+                self.counters.failed_request()
 
 
 REQUEST_FILES = File(...)  # FastAPI's marker for a required multipart field (a missing one is its 422)
@@ -149,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kontinual").setLevel(logging.INFO)
     model = YoloModel(read_config(args.config_file))
     model.load()
+    if model.capture is not None:  # before start: Starlette builds its middleware stack on the first request
+        model_server.app.add_middleware(FailedRequests, counters=model.capture.counters)
     SERVER = ModelServer(http_port=args.http_port, workers=1, enable_grpc=False)
     SERVER.start([model])
 
