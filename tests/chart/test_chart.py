@@ -26,8 +26,11 @@ def test_default_render_is_valid_cluster_wide_install() -> None:
     assert validation_errors(manifests) == []
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-                     "NetworkPolicy", "Service", "ServiceAccount"]  # the Service: the operator's metrics
-    assert by_kind(manifests, "Role") == [] and by_kind(manifests, "RoleBinding") == []
+                     "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
+                     "ServiceAccount"]  # the Service: the operator's metrics; the Role: the leader Lease
+    role = one(manifests, "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"leases"}
     binding = one(manifests, "ClusterRoleBinding")
     sa = one(manifests, "ServiceAccount")
     assert binding["roleRef"]["name"] == one(manifests, "ClusterRole")["metadata"]["name"]
@@ -39,8 +42,8 @@ def test_default_render_is_valid_cluster_wide_install() -> None:
 def test_namespaced_render_has_role_per_namespace_and_env() -> None:
     manifests = render({"watchNamespaces": "{team-a,team-b}"})
     assert validation_errors(manifests) == []
-    roles = by_kind(manifests, "Role")
-    bindings = by_kind(manifests, "RoleBinding")
+    roles = [r for r in by_kind(manifests, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    bindings = [b for b in by_kind(manifests, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     sa_name = one(manifests, "ServiceAccount")["metadata"]["name"]
@@ -58,8 +61,8 @@ def test_namespaced_render_has_role_per_namespace_and_env() -> None:
 def test_operator_deployment_is_hardened_and_probed() -> None:
     deployment = one(render(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2  # one leader, one standby (leader election)
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
@@ -77,6 +80,35 @@ def test_operator_deployment_is_hardened_and_probed() -> None:
     # The selector must match the pod template (else the API server rejects the Deployment).
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_two_replicas_elect_a_leader_and_keep_one_through_a_drain() -> None:
+    manifests = render()
+    deployment = one(manifests, "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KONTINUAL_LEADER_ELECTION"]["value"] == "true"
+    assert env["KONTINUAL_LEASE_NAME"]["value"] == deployment["metadata"]["name"]
+    assert env["KONTINUAL_LEASE_SECONDS"]["value"] == "15"
+    assert env["KONTINUAL_LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["KONTINUAL_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # Kubernetes 1.20 serves PodDisruptionBudget only as policy/v1beta1.
+    old = render(None, "--kube-version", "1.20.2")
+    assert one(old, "PodDisruptionBudget")["apiVersion"] == "policy/v1beta1"
+    assert pdb["apiVersion"] == "policy/v1"
+
+
+def test_without_leader_election_one_replica_is_recreated() -> None:
+    manifests = render({"leaderElection.enabled": "false", "replicaCount": "1"})
+    spec = one(manifests, "Deployment")["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    assert container_env(one(manifests, "Deployment"))["KONTINUAL_LEADER_ELECTION"] == "false"
+    assert by_kind(manifests, "PodDisruptionBudget") == [] and by_kind(manifests, "Role") == []
+    with pytest.raises(HelmFailed) as failure:
+        render({"leaderElection.enabled": "false", "replicaCount": "2"})
+    assert "replicaCount is 2 but leaderElection.enabled is false" in str(failure.value)
 
 
 def test_values_reach_the_operator_environment() -> None:
@@ -134,7 +166,7 @@ def test_image_tags_default_to_app_version() -> None:
     ("watchNamespaces", "{Not_A_Namespace}", "watchNamespaces"),
     ("roboflow.pollSeconds", "0", "roboflow.pollSeconds"),
     ("image.pullPolicy", "Sometimes", "image.pullPolicy"),
-    ("replicaCount", "2", "replicaCount"),
+    ("replicaCount", "0", "replicaCount"),
 ])
 def test_schema_rejects_bad_values(key: str, value: str, complaint: str) -> None:
     with pytest.raises(HelmFailed) as failure:
@@ -208,6 +240,12 @@ NOT_A_CHART_VALUE = {
     # In a pod the kubelet probes the pod IP, so the health endpoint must listen on all interfaces.
     "KONTINUAL_HEALTH_HOST": "0.0.0.0 is the only value that works in a pod",
 }
+# Settings the chart derives from the release or the pod itself (the downward API), not from a value.
+DERIVED = {
+    "KONTINUAL_LEASE_NAME": "the release's full name",
+    "KONTINUAL_LEASE_NAMESPACE": "the pod's namespace (the release namespace)",
+    "KONTINUAL_POD_NAME": "the pod's name",
+}
 # A value for every operator setting, none of them its default, and the setting each should become.
 EVERY_SETTING = {
     "watchNamespaces": ("{team-a}", "watch_namespaces", ("team-a",)),
@@ -226,6 +264,8 @@ EVERY_SETTING = {
     "metrics.port": ("9199", "metrics_port", 9199),
     "logging.level": ("WARNING", "log_level", "WARNING"),
     "logging.format": ("json", "log_format", "json"),
+    "leaderElection.enabled": ("true", "leader_election", True),
+    "leaderElection.leaseSeconds": ("20", "lease_seconds", 20),
 }
 
 
@@ -239,18 +279,20 @@ def test_every_operator_setting_is_reachable_from_chart_values() -> None:
     settings, default = Settings.from_env(env), Settings()
     every = {f.name for f in fields(Settings)}
     exposed = {name for _, name, _ in EVERY_SETTING.values()}
-    unexposed = {n for n in every - exposed if f"KONTINUAL_{n.upper()}" not in NOT_A_CHART_VALUE}
+    unexposed = {n for n in every - exposed if f"KONTINUAL_{n.upper()}" not in {**NOT_A_CHART_VALUE, **DERIVED}}
     assert unexposed == set(), f"operator settings without a chart value: {sorted(unexposed)}"
     for key, (_, name, wanted) in EVERY_SETTING.items():
         assert wanted != getattr(default, name), f"{key}: pick a non-default value so the test can fail"
         assert getattr(settings, name) == wanted, f"chart value {key} does not reach Settings.{name}"
     for name in NOT_A_CHART_VALUE:
         assert name not in env
+    for name in DERIVED:
+        assert name in env, f"the chart does not set {name} ({DERIVED[name]})"
 
 
 @pytest.mark.parametrize(("key", "value"), [
     ("roboflow.timeoutSeconds", "0"), ("roboflow.timeoutSeconds", "601"),
-    ("roboflow.pollWorkers", "65"), ("stuckSeconds", "5"),
+    ("roboflow.pollWorkers", "65"), ("stuckSeconds", "5"), ("leaderElection.leaseSeconds", "4"),
 ])
 def test_schema_bounds_the_tuning_values_as_the_operator_does(key: str, value: str) -> None:
     """A value the operator would refuse at start (a crash loop) is refused by helm instead."""

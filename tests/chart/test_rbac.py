@@ -111,12 +111,28 @@ def test_namespaced_rbac_covers_framework_calls() -> None:
         assert _missing(framework_usage(), grants) == [], f"framework calls not granted for {namespace}"
 
 
+def leader_usage() -> set[Usage]:
+    return _flatten(importlib.import_module("kontinual.controller.k8s").LEADER_API_USAGE)
+
+
+@pytest.mark.parametrize("values", [None, {"watchNamespaces": "{" + ",".join(WATCHED) + "}"}])
+def test_the_leader_lease_is_granted_in_the_release_namespace_only(values: dict[str, str] | None) -> None:
+    manifests = render(values)
+    assert _missing(leader_usage(), _namespace_grants(manifests, RELEASE_NAMESPACE)) == []
+    assert not {u for u in _cluster_grants(manifests) if u[1] == "leases"}, "Leases are granted cluster-wide"
+    for namespace in WATCHED:
+        assert not {u for u in _namespace_grants(manifests, namespace) if u[1] == "leases"}
+    assert not {u for u in _namespace_grants(render({**(values or {}), "leaderElection.enabled": "false",
+                                                     "replicaCount": "1"}), RELEASE_NAMESPACE)
+                if u[1] == "leases"}, "Leases are granted without leader election"
+
+
 def test_rbac_grants_nothing_the_code_does_not_use() -> None:
     """Least privilege: every granted verb is one the operator or kopf declares it uses."""
-    needed = application_usage() | framework_usage()
+    needed = application_usage() | framework_usage() | leader_usage()
     for values in (None, {"watchNamespaces": "{" + ",".join(WATCHED) + "}"}):
         manifests = render(values)
-        grants = _cluster_grants(manifests)
+        grants = _cluster_grants(manifests) | _namespace_grants(manifests, RELEASE_NAMESPACE)
         for namespace in WATCHED:
             grants |= _namespace_grants(manifests, namespace)
         extra = sorted(f"{g or 'core'}/{r}: {v}" for g, r, v in grants - needed)

@@ -123,10 +123,8 @@ class Operator:
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-@pytest.fixture(scope="module")
-def operator(request: pytest.FixtureRequest, cluster: Cluster,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    watched: list[str] = list(getattr(request.module, "WATCH_NAMESPACES", []))
+def chart_access(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, watched: list[str]) -> tuple[Path, str]:
+    """Apply the chart's ServiceAccount and RBAC; a kubeconfig with that account's token, and its name."""
     release = f"{RELEASE}-scoped" if watched else RELEASE
     for namespace in [OPERATOR_NAMESPACE, *watched]:
         ensure_namespace(cluster, namespace)
@@ -138,6 +136,12 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
     kubeconfig = workdir / "operator.kubeconfig"
     kubeconfig.write_text(kubeconfig_text(cluster.server, cluster.ca_file, {"token": token},
                                           f"system:serviceaccount:{OPERATOR_NAMESPACE}:{account}"))
+    return kubeconfig, account
+
+
+def launch_operator(kubeconfig: Path, account: str, workdir: Path, watched: list[str],
+                    extra_env: dict[str, str]) -> Operator:
+    """Start `kontinual operator` (not waiting for it) with the e2e defaults plus `extra_env`; its log in workdir."""
     health, metrics = free_port(), free_port()  # never fixed ports: several operators may run on this machine
     log_path = workdir / "operator.log"
     console = Path(sys.executable).parent / "kontinual"
@@ -146,23 +150,32 @@ def operator(request: pytest.FixtureRequest, cluster: Cluster,
            "KONTINUAL_SERVER_IMAGE": "kontinual/server:e2e", "KONTINUAL_TRAINER_IMAGE": "kontinual/trainer:e2e",
            # Every reaction these tests wait for must come from a watch event, not the periodic repair.
            "KONTINUAL_RESYNC_SECONDS": "3600", "KONTINUAL_HEALTH_HOST": "127.0.0.1",
-           "KONTINUAL_METRICS_PORT": str(metrics),
-           **getattr(request.module, "OPERATOR_ENV", {})}  # a module's own knobs, e.g. poll intervals
-    started = time.monotonic()
+           "KONTINUAL_METRICS_PORT": str(metrics), **extra_env}
     with open(log_path, "wb") as log_file:
         scope = [arg for namespace in watched for arg in ("--namespace", namespace)] or ["--all-namespaces"]
         process = subprocess.Popen([*command, "operator", *scope, "--health-port", str(health)],
                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
                                    preexec_fn=exit_with_parent)
-    handle = Operator(process, log_path, account, health, metrics)
+    return Operator(process, log_path, account, health, metrics)
+
+
+@pytest.fixture(scope="module")
+def operator(request: pytest.FixtureRequest, cluster: Cluster,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    watched: list[str] = list(getattr(request.module, "WATCH_NAMESPACES", []))
+    kubeconfig, account = chart_access(cluster, tmp_path_factory, watched)
+    started = time.monotonic()
+    # OPERATOR_ENV: a module's own knobs, e.g. poll intervals.
+    handle = launch_operator(kubeconfig, account, kubeconfig.parent, watched, getattr(request.module, "OPERATOR_ENV", {}))
     try:
-        wait_for("the operator's liveness endpoint", lambda: operator_alive(handle, health), timeout=60,
+        wait_for("the operator's liveness endpoint", lambda: operator_alive(handle, handle.health_port), timeout=60,
                  diagnose=lambda: handle.log_text()[-3000:])
-        TIMINGS[f"operator ({' '.join(scope)}) started"] = time.monotonic() - started
+        scope = " ".join(f"--namespace {n}" for n in watched) or "--all-namespaces"
+        TIMINGS[f"operator ({scope}) started"] = time.monotonic() - started
         yield handle
     finally:
-        stop_process(process)
-        shutil.copy(log_path, tmp_path_factory.getbasetemp() / f"operator-{request.module.__name__}.log")
+        stop_process(handle.process)
+        shutil.copy(handle.log, tmp_path_factory.getbasetemp() / f"operator-{request.module.__name__}.log")
 
 
 def operator_alive(handle: Operator, port: int) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from tests.e2e.kube import wait_for
 from tests.node.conftest import TIMINGS
@@ -73,11 +74,13 @@ def model(node: RealNode, chart: dict[str, str], models_volume: Path) -> dict[st
 
 def test_the_operator_runs_as_a_pod_with_the_charts_service_account(node: RealNode, chart: dict[str, str]) -> None:
     pods = node.core.list_namespaced_pod(OPERATOR_NAMESPACE).items
-    assert len(pods) == 1
-    pod = pods[0]
-    assert pod.spec.service_account_name == "kontinual"
-    assert pod.spec.containers[0].image == f"{chart['image.repository']}:{chart['image.tag']}"
-    assert all(s.ready for s in pod.status.container_statuses)
+    assert len(pods) == 2  # the chart's replicaCount: a leader and a standby
+    for pod in pods:
+        assert pod.spec.service_account_name == "kontinual"
+        assert pod.spec.containers[0].image == f"{chart['image.repository']}:{chart['image.tag']}"
+        assert all(s.ready for s in pod.status.container_statuses)
+    lease = client.CoordinationV1Api(node.admin).read_namespaced_lease("kontinual", OPERATOR_NAMESPACE)
+    assert str(lease.spec.holder_identity).rpartition("_")[0] in {p.metadata.name for p in pods}
 
 
 def test_the_server_serves_the_seed_through_its_service_and_captures_data(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
+import os
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import kopf
 
 from kontinual.common.names import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, PLURAL, VERSION
-from kontinual.controller import decisions, k8s, polling
+from kontinual.controller import decisions, k8s, leader, polling
 from kontinual.controller.metrics import METRICS, serve
 from kontinual.controller.operator_logging import setup_logging
 from kontinual.controller.reconcile import Outcome, forget, reconcile
@@ -230,6 +232,7 @@ def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int |
     metrics = settings.metrics_port if metrics_port is None else metrics_port
     try:
         Settings.check_ports(port, metrics)
+        settings.check_leader_election()
     except ValueError as exc:
         log.error("%s", exc)
         return 2
@@ -242,11 +245,43 @@ def run_operator(namespaces: list[str], all_namespaces: bool, health_port: int |
     log.info("watching %s", ", ".join(watched) if watched else "all namespaces")
     if metrics:
         serve(settings.health_host, metrics)
-    kopf.run(
-        registry=registry,
-        clusterwide=not watched,
-        namespaces=watched,
-        standalone=True,
-        liveness_endpoint=f"http://{settings.health_host}:{port}/healthz",
-    )
+    elector = None
+    if settings.leader_election:
+        elector = leader.LeaderElector(settings.lease_namespace, settings.lease_name,
+                                       leader.identity(settings.pod_name), settings.lease_seconds)
+        if not _wait_to_lead(elector, settings.health_host, port):
+            return 0
+        elector.keep(_lost_the_lease)
+    METRICS.leader.set(1)
+    try:
+        kopf.run(
+            registry=registry,
+            clusterwide=not watched,
+            namespaces=watched,
+            standalone=True,
+            liveness_endpoint=f"http://{settings.health_host}:{port}/healthz",
+        )
+    finally:
+        if elector is not None:
+            elector.release()  # kopf has stopped: nothing of ours reconciles any more
     return 0
+
+
+def _wait_to_lead(elector: leader.LeaderElector, host: str, port: int) -> bool:
+    """A standby: answer /healthz, touch nothing, until this process holds the Lease (False: told to stop)."""
+    METRICS.leader.set(0)
+    health = leader.StandbyHealth(host, port, elector)
+    previous = signal.signal(signal.SIGTERM, lambda *_: elector.stop())
+    try:
+        return elector.acquire()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # kopf installs its own once it runs
+        health.close()
+
+
+def _lost_the_lease(why: str) -> None:
+    """Another replica may lead now: stop at once (client-go's way), nothing may reconcile past this line."""
+    log.error("leader election: lost the Lease (%s); exiting so that only the leader reconciles", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)

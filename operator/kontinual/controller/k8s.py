@@ -73,6 +73,10 @@ RESOURCES: dict[str, Resource] = {
     "Secret": Resource("", "v1", "secrets", ("get",)),
 }
 STATUS = Resource(GROUP, VERSION, f"{PLURAL}/status", ("get", "patch"))
+# Leader election's Lease lives in the operator's own namespace, not in the watched ones: kept out
+# of API_USAGE (granted where ContinualModels are) and granted by a Role of its own (tests/chart).
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+LEADER_API_USAGE: list[tuple[str, str, tuple[str, ...]]] = [("coordination.k8s.io", "leases", ("get", "create", "update"))]
 
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
@@ -126,7 +130,8 @@ def _api() -> client.ApiClient:
 
 
 def _call(method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-          query: list[tuple[str, str]] | None = None, accept: str = "application/json") -> dict[str, Any]:
+          query: list[tuple[str, str]] | None = None, accept: str = "application/json",
+          timeout: float | None = None) -> dict[str, Any]:
     """The API server's answer, decoded: an object (a single one, a List or a Status)."""
     return cast(dict[str, Any], _api().call_api(
         path, method,
@@ -136,6 +141,7 @@ def _call(method: str, path: str, body: Any = None, *, content_type: str = "appl
         response_types_map={200: "object", 201: "object"},
         auth_settings=["BearerToken"],
         _return_http_data_only=True,
+        _request_timeout=timeout,
     ))
 
 
@@ -293,5 +299,34 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str,
                      content_type="application/merge-patch+json", query=[("fieldManager", FIELD_MANAGER)])
     except ApiException as exc:
         if exc.status == 404:
+            return None
+        raise
+
+
+def read_lease(namespace: str, name: str, *, timeout: float) -> dict[str, Any] | None:
+    """The leader-election Lease, or None when there is none yet."""
+    try:
+        return _call("GET", f"{LEASE_PATH.format(namespace=namespace)}/{name}", timeout=timeout)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def write_lease(lease: dict[str, Any], *, timeout: float) -> dict[str, Any] | None:
+    """Create the Lease (no resourceVersion) or replace it at the resourceVersion it was read at.
+
+    None when another operator got there first (409): the API server's compare-and-swap is what
+    makes only one of two candidates the leader.
+    """
+    meta = lease["metadata"]
+    path = LEASE_PATH.format(namespace=meta["namespace"])
+    try:
+        if meta.get("resourceVersion"):
+            return _call("PUT", f"{path}/{meta['name']}", lease, timeout=timeout,
+                         query=[("fieldManager", FIELD_MANAGER)])
+        return _call("POST", path, lease, timeout=timeout, query=[("fieldManager", FIELD_MANAGER)])
+    except ApiException as exc:
+        if exc.status == 409:
             return None
         raise

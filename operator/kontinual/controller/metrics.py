@@ -68,6 +68,8 @@ class OperatorMetrics:
                                      "serves (0: its seed model).", list(MODEL), registry=r)
         self.ready = Gauge(f"{PREFIX}model_ready", "1 while the ContinualModel's Ready condition is True, else 0.",
                            list(MODEL), registry=r)
+        self.leader = Gauge(f"{PREFIX}leader", "1 while this replica reconciles (it holds the leader Lease, "
+                            "or leader election is off), 0 on a standby.", registry=r)
         # uids of deleted models: a reconcile or poll that started before the deletion and ends after it
         # must not bring the series back (bounded: the oldest are dropped).
         self._deleted: OrderedDict[str, None] = OrderedDict()

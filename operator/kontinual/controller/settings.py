@@ -59,6 +59,13 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
     watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    # Leader election (docs/operating.md, High availability): only the holder of the Lease
+    # LEASE_NAMESPACE/LEASE_NAME reconciles; the chart turns it on for its 2 replicas.
+    leader_election: bool = False
+    lease_namespace: str = ""  # the operator's own namespace (the chart: the pod's, by the downward API)
+    lease_name: str = "kontinual-operator"
+    lease_seconds: int = 15  # a standby takes over a Lease not renewed for this long
+    pod_name: str = ""  # names this replica in the Lease (the chart: the pod's name); empty: the host name
 
     @property
     def allowed_roboflow_urls(self) -> tuple[str, ...]:
@@ -78,7 +85,15 @@ class Settings:
         zoo = (env.get("KONTINUAL_SPARSEZOO_API_URL") or "").rstrip("/")
         if zoo and not zoo.startswith(("https://", "http://")):
             raise ValueError(f"KONTINUAL_SPARSEZOO_API_URL must be an http(s) URL, got {zoo!r}")
+        election = (env.get("KONTINUAL_LEADER_ELECTION") or "false").strip().lower()
+        if election not in ("true", "false"):
+            raise ValueError(f"KONTINUAL_LEADER_ELECTION must be 'true' or 'false', got {election!r}")
         settings = cls(
+            leader_election=election == "true",
+            lease_namespace=(env.get("KONTINUAL_LEASE_NAMESPACE") or "").strip(),
+            lease_name=(env.get("KONTINUAL_LEASE_NAME") or "").strip() or default.lease_name,
+            lease_seconds=_int(env, "KONTINUAL_LEASE_SECONDS", default.lease_seconds, 5, 300),
+            pod_name=(env.get("KONTINUAL_POD_NAME") or "").strip(),
             sparsezoo_api_url=zoo,
             server_image=env.get("KONTINUAL_SERVER_IMAGE") or default.server_image,
             openvino_server_image=env.get("KONTINUAL_OPENVINO_SERVER_IMAGE") or default.openvino_server_image,
@@ -100,6 +115,13 @@ class Settings:
         )
         settings.check_ports(settings.health_port, settings.metrics_port)
         return settings
+
+    def check_leader_election(self) -> None:
+        """Leader election needs to know where its Lease lives (checked at start, where the chart's
+        downward-API values have arrived)."""
+        if self.leader_election and not self.lease_namespace:
+            raise ValueError("KONTINUAL_LEADER_ELECTION=true needs KONTINUAL_LEASE_NAMESPACE, the namespace of the "
+                             "leader Lease (the chart sets it to the operator pod's namespace)")
 
     @staticmethod
     def check_ports(health_port: int, metrics_port: int) -> None:
