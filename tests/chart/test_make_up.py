@@ -1,4 +1,5 @@
-"""`make up` / `make down` (hack/up.sh, hack/down.sh) run the steps the README promises, in order.
+"""`make up` / `make down` (hack/up.sh, hack/install.sh, hack/uninstall.sh, hack/down.sh) run the steps the README
+promises, in order. hack/install.sh (everything after kind) also runs for real on the real node (tests/node).
 
 Docker and kind cannot run a cluster here, so docker, kind, kubectl and helm are replaced by
 recording shims on PATH; the script itself is the real one. The helm command it would run is
@@ -34,6 +35,8 @@ elif name == "kind" and args[:2] == ["get", "clusters"]:
     print(os.environ.get("SHIM_CLUSTERS", ""))
 elif name == "kubectl" and "wait" in args and "--for=condition=Ready" in args:
     sys.exit(1 if os.environ.get("SHIM_NOT_READY") else 0)
+elif name == "kubectl" and "--all-namespaces" in args:
+    print(os.environ.get("SHIM_MODELS_LEFT", ""))
 elif name == "kubectl" and "apply" in args and "-o" in args:
     doc = __import__("yaml").safe_load(open(args[args.index("-f") + 1]))
     print(doc["kind"].lower() + ".kontinual.io/" + doc["metadata"]["name"])
@@ -57,7 +60,7 @@ def _system_bin(tmp_path: Path) -> Path:
 
 
 def _run(script: str, tmp_path: Path, *, tools: tuple[str, ...] = ("docker", "kind", "kubectl", "helm"),
-         **env: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+         args: tuple[str, ...] = (), **env: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
     shims = tmp_path / "bin"
     shims.mkdir(exist_ok=True)
     for tool in tools:
@@ -71,7 +74,7 @@ def _run(script: str, tmp_path: Path, *, tools: tuple[str, ...] = ("docker", "ki
         "HELM": str(shims / "helm"), "KUBECTL": str(shims / "kubectl"),
         "KTEST_NET_GUARD": os.environ.get("KTEST_NET_GUARD", ""), **env,
     }
-    proc = subprocess.run(["bash", str(ROOT / "hack" / script)], capture_output=True, text=True,
+    proc = subprocess.run(["bash", str(ROOT / "hack" / script), *args], capture_output=True, text=True,
                           env=environment, timeout=120)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     return proc, calls
@@ -181,6 +184,56 @@ def test_kind_config_is_a_kind_cluster_named_like_up_expects() -> None:
     assert [n["role"] for n in config["nodes"]] == ["control-plane"]
 
 
-@pytest.mark.parametrize("script", ["up.sh", "down.sh", "smoke-images.sh"])
+def test_up_runs_install_sh_with_the_built_tags_and_the_kind_context(tmp_path: Path) -> None:
+    proc, calls = _run("up.sh", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Remove Kontinual and the example from kind-kontinual: KONTINUAL_CONTEXT=kind-kontinual " \
+        "hack/uninstall.sh" in proc.stdout
+    assert proc.stdout.rstrip().endswith("make down")
+
+
+def test_install_without_image_tags_names_the_missing_one(tmp_path: Path) -> None:
+    proc, calls = _run("install.sh", tmp_path, KONTINUAL_OPERATOR_TAG="a", KONTINUAL_SERVER_TAG="b")
+    assert proc.returncode != 0
+    assert "KONTINUAL_TRAINER_TAG is not set" in proc.stderr
+    assert calls == []
+
+
+def test_install_on_the_current_context_passes_extra_helm_flags(tmp_path: Path) -> None:
+    proc, calls = _run("install.sh", tmp_path, KONTINUAL_OPERATOR_TAG="op1", KONTINUAL_SERVER_TAG="sv1",
+                       KONTINUAL_TRAINER_TAG="tr1")
+    assert proc.returncode == 0, proc.stderr
+    assert not [c for c in calls if "--context" in c or "--kube-context" in c]
+    install = _helm_install(calls)
+    assert {"image.tag=op1", "serverImage.tag=sv1", "trainerImage.tag=tr1", "image.pullPolicy=Never"} <= set(install)
+    assert "  kubectl port-forward service/demo-server 5543:5543 &" in proc.stdout
+    proc, calls = _run("install.sh", tmp_path, args=("--set", "sparsezoo.apiUrl=http://mirror:8080"),
+                       KONTINUAL_OPERATOR_TAG="op1", KONTINUAL_SERVER_TAG="sv1", KONTINUAL_TRAINER_TAG="tr1")
+    assert proc.returncode == 0, proc.stderr
+    assert _helm_install(calls)[-2:] == ["--set", "sparsezoo.apiUrl=http://mirror:8080"]
+
+
+def test_uninstall_deletes_the_example_while_the_operator_runs_then_release_namespace_and_crd(tmp_path: Path) -> None:
+    proc, calls = _run("uninstall.sh", tmp_path, KONTINUAL_CONTEXT="kind-kontinual")
+    assert proc.returncode == 0, proc.stderr
+    example = next(i for i, c in enumerate(calls) if c[0] == "kubectl" and "delete" in c and "-f" in c)
+    assert calls[example][calls[example].index("-f") + 1] == "examples/minimal.yaml"
+    helm_at = next(i for i, c in enumerate(calls) if c[:2] == ["helm", "uninstall"])
+    namespace = next(i for i, c in enumerate(calls) if c[0] == "kubectl" and "namespace" in c and "delete" in c)
+    crd = next(i for i, c in enumerate(calls) if c[0] == "kubectl" and "delete" in c
+               and "crd/continualmodels.kontinual.io" in c)
+    assert example < helm_at < namespace < crd
+    assert all("--context" in c and "kind-kontinual" in c for c in calls if c[0] == "kubectl")
+    assert "--kube-context" in calls[helm_at]
+
+
+def test_uninstall_keeps_the_crd_while_other_models_remain(tmp_path: Path) -> None:
+    proc, calls = _run("uninstall.sh", tmp_path, SHIM_MODELS_LEFT="continualmodel.kontinual.io/other")
+    assert proc.returncode == 0, proc.stderr
+    assert not [c for c in calls if "delete" in c and "crd/continualmodels.kontinual.io" in c]
+    assert "Keeping CRD continualmodels.kontinual.io: ContinualModels remain (1)" in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["up.sh", "install.sh", "uninstall.sh", "common.sh", "down.sh", "smoke-images.sh"])
 def test_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(ROOT / "hack" / script)], check=True)

@@ -14,10 +14,10 @@ from tests.serving.conftest import jpeg
 from tests.serving.server import DeepSparseServer, free_port
 from tests.support.models import build_yolo_onnx
 from tests.support.roboflow_double import RoboflowDouble
+from tests.support.zoo_models import SPORTS_BALL
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SPORTS_BALL = 32  # a COCO class id beyond the four soccer classes
 
 
 def soccer_example(rf_url: str) -> dict[str, Any]:

@@ -11,27 +11,15 @@ from kontinual.controller.settings import Settings
 from tests.serving.conftest import jpeg
 from tests.serving.server import DeepSparseServer
 from tests.serving.test_class_names import SPORTS_BALL, soccer_example
-from tests.support.models import build_yolo_onnx
 from tests.support.roboflow_double import RoboflowDouble
 from tests.support.sparsezoo_double import SparseZooDouble
+from tests.support.zoo_models import coco_stand_in
 
 pytestmark = pytest.mark.slow
 
 
-def zoo_folder(root: Path) -> Path:
-    """A SparseZoo model folder as the zoo ships a deployment: model.onnx, deployment/model.onnx, a card.
-    The ONNX is an 80-class YOLOv5 that sees a COCO "sports ball" everywhere (random weights, biased)."""
-    onnx = build_yolo_onnx(root / "coco.onnx", nc=80, image_size=320, confident_class=SPORTS_BALL)
-    folder = root / "zoo-model"
-    (folder / "deployment").mkdir(parents=True)
-    for target in (folder / "model.onnx", folder / "deployment" / "model.onnx"):
-        target.write_bytes(onnx.read_bytes())
-    (folder / "model.md").write_text("---\ndomain: cv\ntask: detection\n---\n# a COCO YOLOv5 stand-in\n")
-    return folder
-
-
 def test_a_zoo_stub_is_served_from_the_configured_sparsezoo(tmp_path: Path) -> None:
-    folder = zoo_folder(tmp_path)
+    folder = coco_stand_in(tmp_path)
     with RoboflowDouble() as rf, SparseZooDouble() as zoo:
         cr = soccer_example(rf.url)
         stub = cr["spec"]["model"]["uri"]

@@ -50,13 +50,13 @@ class _Model:
 class SparseZooDouble:
     """`with SparseZooDouble() as zoo: zoo.add_model(stub, folder)`; point SPARSEZOO_API_URL at `zoo.url`."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.models: list[_Model] = []
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())  # tests/node binds the node IP pods reach
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{host}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> "SparseZooDouble":

@@ -14,8 +14,11 @@ import textwrap
 from datetime import datetime
 from pathlib import Path
 
+from tests.support.models import build_yolo_onnx
+
 
 KONTINUAL = Path(sys.executable).with_name("kontinual")
+SPORTS_BALL = 32  # a COCO class id beyond the four soccer classes
 STUB = "zoo:cv/detection/yolov5-tiny/pytorch/ultralytics/soccer/pruned60_quant"
 SPARSITY = 0.6
 
@@ -63,6 +66,18 @@ quantization_modifiers:
 
 Keeps every layer's sparsity (ConstantPruningModifier) and fine-tunes in INT8 (QAT) from the start.
 """
+
+
+def coco_stand_in(root: Path, image_size: int = 320) -> Path:
+    """A SparseZoo model folder as the zoo ships a deployment: model.onnx, deployment/model.onnx, a card.
+    The ONNX is an 80-class YOLOv5 that sees a COCO "sports ball" everywhere (random weights, biased)."""
+    onnx = build_yolo_onnx(root / "coco.onnx", nc=80, image_size=image_size, confident_class=SPORTS_BALL)
+    folder = root / "zoo-model"
+    (folder / "deployment").mkdir(parents=True)
+    for target in (folder / "model.onnx", folder / "deployment" / "model.onnx"):
+        target.write_bytes(onnx.read_bytes())
+    (folder / "model.md").write_text("---\ndomain: cv\ntask: detection\n---\n# a COCO YOLOv5 stand-in\n")
+    return folder
 
 
 def _train(args: list[str], work: Path, timeout: float = 900) -> None:
