@@ -105,7 +105,9 @@ def main() -> int:
     finally:
         down(state)
     v1 = next(r[2] for r in reversed(load.results) if r[1] == 200)
-    first_v1 = next(r[0] + r[3] for r in load.results if r[2] == v1 and r[2] != v0)
+    if v1 == v0:
+        raise SystemExit("v1 answers exactly like the seed: cannot tell when it first answered")
+    first_v1 = next(r[0] + r[3] for r in load.results if r[2] == v1)
     during = [r[3] for r in load.results if succeeded <= r[0] <= complete]
     figures = {
         "machine": f"{platform.machine()}, {platform.node()}",
