@@ -10,7 +10,7 @@ import pytest
 from kontinual.controller.settings import Settings
 from tests.serving.conftest import jpeg
 from tests.serving.server import DeepSparseServer
-from tests.serving.test_class_names import SPORTS_BALL, soccer_example
+from tests.serving.test_class_names import soccer_example
 from tests.support.roboflow_double import RoboflowDouble
 from tests.support.sparsezoo_double import SparseZooDouble
 from tests.support.zoo_models import coco_stand_in
