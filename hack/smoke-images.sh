@@ -4,7 +4,7 @@
 # into a models volume, the server serves that model with the config `kontinual render` makes,
 # and an image is sent to it. Prints the image sizes. Needs docker and the test venv (make venv).
 # PYTHON_IMAGE overrides the base image (e.g. a locally made one where no registry is reachable);
-# TORCH_VARIANT (cpu|cuda) picks the trainer's torch; SERVER_TORCH_INDEX_URL the server's.
+# TORCH_VARIANT (cpu|cuda) picks the torch of the trainer and the server (one shared layer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -12,8 +12,6 @@ PY=.venv/bin/python
 TAG=smoke
 args=()
 [[ -n ${PYTHON_IMAGE:-} ]] && args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
-server_args=()
-[[ -n ${SERVER_TORCH_INDEX_URL:-} ]] && server_args+=(--build-arg "TORCH_INDEX_URL=$SERVER_TORCH_INDEX_URL")
 
 work=$(mktemp -d)
 cleanup() { docker rm -f kontinual-smoke-server kontinual-smoke-openvino >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -21,7 +19,7 @@ trap cleanup EXIT
 
 export DOCKER_BUILDKIT=1  # the per-Dockerfile .dockerignore files need BuildKit
 docker build -f images/operator/Dockerfile ${args[@]+"${args[@]}"} -t "kontinual/operator:$TAG" .
-docker build -f images/server/Dockerfile ${args[@]+"${args[@]}"} ${server_args[@]+"${server_args[@]}"} \
+docker build -f images/server/Dockerfile ${args[@]+"${args[@]}"} --build-arg "TORCH_VARIANT=${TORCH_VARIANT:-cpu}" \
     -t "kontinual/server:$TAG" .
 docker build -f images/server-openvino/Dockerfile ${args[@]+"${args[@]}"} -t "kontinual/server-openvino:$TAG" .
 docker build -f images/trainer/Dockerfile ${args[@]+"${args[@]}"} --build-arg "TORCH_VARIANT=${TORCH_VARIANT:-cpu}" \

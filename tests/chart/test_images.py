@@ -1,15 +1,18 @@
 """The three Dockerfiles install `kontinual` with the right extra and the versions the tests use.
 
-No image can be built here (no registry to pull python:3.11-slim from), so this reads the
-Dockerfiles: every pin they install comes from requirements/test.txt (as pip constraints), every
-explicit version they name equals that file's, and the final stages run as uid 10001 without
-build tools.
+This reads the Dockerfiles (tests/node builds them): every pin they install comes from
+requirements/test.txt (as pip constraints), every explicit version they name equals that file's,
+every third-party package is installed before the code is copied (a code change rebuilds
+megabytes, not the gigabytes of torch and DeepSparse), and the final stages run as uid 10001
+without build tools.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -19,6 +22,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"operator": "operator", "server": "server", "trainer": "trainer"}  # image -> pyproject extra
+STAGES = ["FROM ${PYTHON_IMAGE} AS requirements", "FROM ${PYTHON_IMAGE} AS builder", "FROM builder AS package",
+          "FROM ${PYTHON_IMAGE}"]
+PACKAGE_INSTALL = ["--no-deps", "--no-warn-script-location", "--root", "/pkg", "."]
 CONSTRAINTS_LINE = "RUN sed -E 's/\\[[^]]*\\]//' requirements/test.txt requirements/lock.txt > /tmp/constraints.txt"
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "make", "git", "curl", "wget"}
 
@@ -88,14 +94,14 @@ def test_dockerfile_installs_only_test_pins(image: str) -> None:
     assert installs, f"images/{image}/Dockerfile installs nothing with pip"
     pins = _test_pins()
     for args in installs:
-        if args == ["pip<26"]:
-            continue  # the installer itself, as in the Makefile's venv target
+        if args in (["pip<26"], PACKAGE_INSTALL):
+            continue  # the installer itself, as in the Makefile's venv target; kontinual alone
         assert args[:2] == ["-c", "/tmp/constraints.txt"], f"pip install without the test pins: {args}"
         for arg in args[2:]:
             if arg.startswith("-") or arg.startswith("${") or arg.startswith('"${'):
                 continue
-            if arg.startswith(".["):
-                continue
+            if arg.startswith("requirements/"):
+                continue  # the file of kontinual's requirements (below)
             try:
                 req = Requirement(arg)
             except InvalidRequirement:
@@ -106,10 +112,59 @@ def test_dockerfile_installs_only_test_pins(image: str) -> None:
                 assert str(req.specifier) == str(pins[name].specifier), f"{arg} differs from {pins[name]}"
 
 
+def _requirements_of(image: str, pyproject: Path) -> list[str]:
+    """What the requirements stage's one RUN writes to /requirements.txt, run on `pyproject`."""
+    (run,) = [i for i in _stages(image)[0] if i.startswith("RUN ")]
+    code = shlex.split(run.removeprefix("RUN "))
+    assert code[:2] == ["python", "-c"] and code[3:] == [">", "/requirements.txt"], run
+    out = subprocess.run([sys.executable, "-c", code[2].replace("/src/pyproject.toml", str(pyproject))],
+                         capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
 @pytest.mark.parametrize(("image", "extra"), sorted(IMAGES.items()))
-def test_dockerfile_installs_kontinual_with_its_extra(image: str, extra: str) -> None:
-    targets = [arg for args in _pip_installs(image) for arg in args if arg.startswith(".[")]
-    assert targets == [f".[{extra}]"]
+def test_dockerfile_installs_kontinual_with_its_extra(image: str, extra: str, tmp_path: Path) -> None:
+    """The builder installs what pyproject.toml lists for kontinual[extra]; kontinual itself then comes alone."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert _requirements_of(image, ROOT / "pyproject.toml") == [*project["dependencies"],
+                                                                *project["optional-dependencies"][extra]]
+    changed = tmp_path / "pyproject.toml"  # the list follows pyproject.toml: it is read, not copied out
+    changed.write_text((ROOT / "pyproject.toml").read_text().replace('dependencies = ["pyyaml", "requests"]',
+                                                                    'dependencies = ["pyyaml", "requests", "idna"]'))
+    assert "idna" in _requirements_of(image, changed)
+    builder = _stages(image)[1]
+    listed = f"requirements/kontinual-{extra}.txt"
+    assert f"COPY --from=requirements /requirements.txt {listed}" in builder
+    assert ["-c", "/tmp/constraints.txt", "-r", listed] in _pip_installs(image)
+    assert [i for i in _stages(image)[2] if "pip install" in i] == [
+        "RUN /opt/kontinual/bin/pip install " + " ".join(PACKAGE_INSTALL)]
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_code_is_copied_after_every_dependency(image: str) -> None:
+    """A change under operator/ rebuilds only the package stage and the final stage's last layers:
+    the requirements stage copies pyproject.toml alone, the builder stage (every third-party
+    install) copies requirements only, and the final stage copies the builder's venv before the
+    package's few files."""
+    requirements, builder, package, final = _stages(image)
+    assert [i for i in requirements if i.startswith("COPY ")] == ["COPY pyproject.toml /src/pyproject.toml"]
+    for instruction in builder:
+        if instruction.startswith("COPY "):
+            sources = instruction.split()[1:-1]
+            assert all(s.startswith("requirements/") or s.startswith("--from=requirements") or s == "/requirements.txt"
+                       for s in sources), f"the dependency layers depend on {sources}"
+    assert "COPY operator/ operator/" in package and not any("operator/" in i for i in builder)
+    venv = final.index("COPY --from=builder /opt/kontinual /opt/kontinual")
+    code = final.index("COPY --from=package /pkg/opt/kontinual/ /opt/kontinual/")
+    assert venv + 1 == code, "the package's files go on top of the dependencies' venv, in the next layer"
+
+
+def test_server_and_trainer_share_their_torch_layers() -> None:
+    """Built with the same TORCH_VARIANT, the two builder stages are the same instructions up to and including
+    torch's install, so Docker builds those layers once (one CUDA torch download, ~5 GB, not two)."""
+    server, trainer = _stages("server")[1], _stages("trainer")[1]
+    shared = next(n for n, i in enumerate(trainer) if "torch torchvision" in i) + 1
+    assert server[:shared] == trainer[:shared] and "pip install" in trainer[shared - 1]
 
 
 @pytest.mark.parametrize("extra", sorted(set(IMAGES.values())))
@@ -132,9 +187,8 @@ def test_images_are_multistage_slim_python311_nonroot_without_build_tools(image:
     instructions = _instructions(image)
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in instructions
     stages = _stages(image)
-    assert len(stages) == 2 and stages[0][0] == "FROM ${PYTHON_IMAGE} AS builder"
+    assert [stage[0] for stage in stages] == STAGES
     final = stages[-1]
-    assert final[0] == "FROM ${PYTHON_IMAGE}"
     assert "COPY --from=builder /opt/kontinual /opt/kontinual" in final
     users = [i for i in final if i.startswith("USER ")]
     assert users == ["USER 10001:10001"], "the final stage must run as the numeric non-root uid 10001"
@@ -164,9 +218,13 @@ def test_server_config_path_matches_what_the_operator_mounts() -> None:
     assert f"USER {builders.RUN_AS_USER}:{builders.RUN_AS_USER}" in _stages("server")[-1]
 
 
-def test_trainer_entrypoint_and_cuda_variant() -> None:
-    instructions = _instructions("trainer")
-    assert 'ENTRYPOINT ["kontinual", "train"]' in instructions
+def test_trainer_entrypoint() -> None:
+    assert 'ENTRYPOINT ["kontinual", "train"]' in _instructions("trainer")
+
+
+@pytest.mark.parametrize("image", ["server", "trainer"])
+def test_torch_variant_cpu_by_default_or_cuda(image: str) -> None:
+    instructions = _instructions(image)
     assert "ARG TORCH_VARIANT=cpu" in instructions
     variant = next(i for i in instructions if "TORCH_VARIANT}\" in" in i)
     assert "cpu)" in variant and "cuda)" in variant and "exit 1" in variant

@@ -5,9 +5,10 @@ the public python:3.11-slim-bookworm) gets a Debian 12 image made with debootstr
 Debian mirror apt uses, with Debian's Python 3.11. Each image is tagged
 `kontinual/<name>:node-<hash>` where the hash covers the Dockerfile, its build context (the
 files its .dockerignore lets through), the build arguments and the base image's id: a warm
-run finds the tag and builds nothing; a changed file rebuilds (Docker's layer cache keeps the
-torch layers) and the superseded tag, with its copy of the venv in the build cache, is removed
-first. `images/` itself is never changed.
+run finds the tag and builds nothing; a changed file rebuilds: the Dockerfiles install every
+dependency before kontinual itself, so a code change rebuilds megabytes on top of Docker's cached
+dependency layers. The superseded tag is removed first, and where the dependencies changed too,
+its copy of the venv in the build cache. `images/` itself is never changed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,11 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_RECIPE = "1"  # bump when the base's package list changes
 BASE_PACKAGES = ("python3", "python3-venv", "python3-dev", "python-is-python3", "ca-certificates")
 BASE_REPO = "kontinual/debian-python"
+DEPS_LABEL = "io.kontinual.node.dependencies"  # dependencies_hash() of the build
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
-# The PyTorch CPU index is not reachable here; PyPI's torch (the version the lock pins) is.
+# The PyTorch CPU index is not reachable here; PyPI's torch (the version the lock pins) is. Server
+# and trainer take the same variant, so their builds share the torch layers.
 BUILD_ARGS = {
     "operator": {},
-    "server": {"TORCH_INDEX_URL": "https://pypi.org/simple"},
+    "server": {"TORCH_VARIANT": "cuda"},
     "trainer": {"TORCH_VARIANT": "cuda"},
 }
 
@@ -135,6 +139,24 @@ def content_hash(name: str, base_id: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def dependencies_hash(name: str, base_id: str) -> str:
+    """What the image's dependency layers are built from: the base, the build arguments, the
+    Dockerfile, requirements/ and pyproject.toml's dependency lists, not the code (an image whose
+    build only changed kontinual itself reuses the gigabytes of the last one)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    digest = hashlib.sha256(base_id.encode())
+    digest.update(json.dumps([BUILD_ARGS[name], project.get("dependencies"),
+                              project.get("optional-dependencies")], sort_keys=True).encode())
+    for path in [ROOT / f"images/{name}/Dockerfile", *context_files(name)]:
+        if path.name == "Dockerfile" or path.parent.name == "requirements":
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def label(ref: str, key: str) -> str:
+    return docker("image", "inspect", "--format", f'{{{{ index .Config.Labels "{key}" }}}}', ref).strip()
+
+
 def ensure_image(name: str) -> str:
     """`kontinual/<name>:node-<hash>`, built now unless a run before built the same content."""
     base = ensure_base()
@@ -149,16 +171,27 @@ def ensure_image(name: str) -> str:
         args = [arg for key, value in {"PYTHON_IMAGE": base, **BUILD_ARGS[name]}.items()
                 for arg in ("--build-arg", f"{key}={value}")]
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-        # The superseded image goes first, and with it its copy of the venv in the build cache
-        # (~7 GB for server and trainer): two generations do not fit on a small disk.
-        for ref in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"kontinual/{name}").split():
-            if ref.split(":")[-1].startswith("node-"):
-                subprocess.run([docker_cli(), "image", "rm", ref], capture_output=True)
-        prune_stale_venv_copies(before=datetime.now(timezone.utc))
+        deps = dependencies_hash(name, image_id(base) or base)
+        superseded = [ref for ref in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
+                                            f"kontinual/{name}").split() if ref.split(":")[-1].startswith("node-")]
+        if not any(label(ref, DEPS_LABEL) == deps for ref in superseded):
+            # New dependencies: the superseded image goes first, and with it the build cache's copy
+            # of its venv (~7 GB for server and trainer): two generations do not fit on a small disk.
+            remove(superseded)
+            superseded = []
+            prune_stale_venv_copies(before=datetime.now(timezone.utc))
+        # Otherwise only kontinual changed: the superseded image holds the venv layer this build
+        # reuses (removed first, Docker would write those gigabytes again), so it goes after.
         docker("build", "--network", "host", "--progress", "plain", "-f", f"images/{name}/Dockerfile",
-               *args, "-t", tag, str(ROOT), env=env)
+               *args, "--label", f"{DEPS_LABEL}={deps}", "-t", tag, str(ROOT), env=env)
+        remove(superseded)
         log(f"built {tag} in {time.monotonic() - started:.0f} s")
         return tag
+
+
+def remove(refs: list[str]) -> None:
+    for ref in refs:
+        subprocess.run([docker_cli(), "image", "rm", ref], capture_output=True)
 
 
 def cache_records() -> list[dict[str, str]]:
@@ -192,5 +225,5 @@ def prune_stale_venv_copies(before: datetime) -> None:
                        capture_output=True)
 
 
-def ensure_images(names: tuple[str, ...] = ("operator", "server", "trainer")) -> dict[str, str]:
+def ensure_images(names: tuple[str, ...] = tuple(BUILD_ARGS)) -> dict[str, str]:
     return {name: ensure_image(name) for name in names}

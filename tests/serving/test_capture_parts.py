@@ -59,7 +59,8 @@ def test_operator_and_server_images_install_kontinual_in_the_same_place() -> Non
     for image in ("server", "operator"):
         dockerfile = (images / image / "Dockerfile").read_text()
         assert f"python -m venv {SERVER_VENV}" in dockerfile and "ARG PYTHON_IMAGE=python:3.11" in dockerfile, image
-        assert f"{SERVER_VENV}/bin/pip install -c /tmp/constraints.txt \".[" in dockerfile, image  # not editable
+        assert f"{SERVER_VENV}/bin/pip install --no-deps --no-warn-script-location --root /pkg ." in dockerfile, image
+        assert f"COPY --from=package /pkg{SERVER_VENV}/ {SERVER_VENV}/" in dockerfile, image  # not editable
     local = Path(plugin_file())
     assert local.is_file() and SERVER_PLUGIN_FILE.endswith("/site-packages/" + "/".join(local.parts[-3:]))
     assert "from kontinual.serving.roboflow_logger import RoboflowLogger" in local.read_text()
