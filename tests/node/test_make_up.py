@@ -126,13 +126,17 @@ def test_install_says_the_example_is_ready_and_how_to_reach_it(installed: str) -
     assert "hack/uninstall.sh" in installed
 
 
-def test_the_operator_pod_is_ready_with_the_loaded_image(node: RealNode, installed: str,
-                                                         images: dict[str, str]) -> None:
-    (pod,) = node.core.list_namespaced_pod(OPERATOR_NAMESPACE).items
-    assert pod.spec.containers[0].image == images["operator"]
-    assert pod.spec.containers[0].image_pull_policy == "Never"
-    ready = {c.type: c.status for c in pod.status.conditions}["Ready"]
-    assert ready == "True" and all(s.ready for s in pod.status.container_statuses)
+def test_the_operator_pods_are_ready_with_the_loaded_image_and_one_leads(node: RealNode, installed: str,
+                                                                        images: dict[str, str]) -> None:
+    pods = node.core.list_namespaced_pod(OPERATOR_NAMESPACE).items
+    assert len(pods) == 2  # the chart's replicaCount: a leader and a standby
+    for pod in pods:
+        assert pod.spec.containers[0].image == images["operator"]
+        assert pod.spec.containers[0].image_pull_policy == "Never"
+        ready = {c.type: c.status for c in pod.status.conditions}["Ready"]
+        assert ready == "True" and all(s.ready for s in pod.status.container_statuses)
+    lease = client.CoordinationV1Api(node.admin).read_namespaced_lease("kontinual", OPERATOR_NAMESPACE)
+    assert str(lease.spec.holder_identity).rpartition("_")[0] in {p.metadata.name for p in pods}
 
 
 def test_the_example_is_ready_and_served_from_the_zoo_stub(node: RealNode, installed: str,
