@@ -26,6 +26,7 @@ from tests.e2e.conftest import (OPERATOR_NAMESPACE, PERMISSION_ERRORS, TIMINGS, 
                                 launch_operator, operator_alive, stop_process)
 from tests.e2e.kube import (GROUP, PLURAL, SECRET_LABEL, VERSION, Cluster, condition, ensure_namespace, get_model,
                             play_kubelet_terminated, wait_for)
+from tests.e2e.test_training import training_model
 
 NAMESPACE = "e2e-leader"
 NAME = "ha"
@@ -162,17 +163,8 @@ def model(cluster: Cluster, pair: Pair) -> dict[str, Any]:
     ensure_namespace(cluster, NAMESPACE)
     cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow", "labels": {SECRET_LABEL: "true"}},
                                                       "stringData": {"apiKey": "e2e-leader-key"}})
-    created = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ContinualModel",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"uri": "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"},
-            "classNames": ["ball", "player"],
-            "dataLogging": {"frequency": 10, "roboflow": {
-                "workspace": "acme", "project": "soccer-players", "apiKeySecretRef": {"name": "roboflow"}}},
-            "training": {"epochs": 1, "imageSize": 64, "batchSize": 2, "backoffLimit": 0},
-            "rollout": {"gate": {"metric": "mAP50", "minDelta": 0.0}},
-        }})
+    created = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL,
+                                                             training_model(NAME, NAMESPACE))
     wait_for("Reconciled=True", lambda: condition(model_now(cluster), "Reconciled").get("status") == "True",
              diagnose=lambda: json.dumps(model_now(cluster).get("status"), indent=1))
     return dict(created)

@@ -37,9 +37,8 @@ def model(cluster: Cluster, operator: Operator) -> dict[str, Any]:
     ensure_namespace(cluster, NAMESPACE)
     cluster.core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "roboflow", "labels": {SECRET_LABEL: "true"}},
                                                       "stringData": {"apiKey": "e2e-results-key"}})
-    body = training_model()
-    body["metadata"]["namespace"] = NAMESPACE
-    created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+    created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL,
+                                                                            training_model(namespace=NAMESPACE))
     wait_for("Reconciled=True", lambda: condition(model_now(cluster), "Reconciled").get("status") == "True")
     return created
 

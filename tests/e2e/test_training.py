@@ -19,11 +19,11 @@ API_KEY = "e2e-roboflow-key-do-not-leak-4711"
 SHA = {1: "1" * 64, 2: "2" * 64}
 
 
-def training_model() -> dict[str, Any]:
+def training_model(name: str = NAME, namespace: str = NAMESPACE) -> dict[str, Any]:
     """Data logging plus training that starts only when asked (no schedule, no Roboflow polling)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "ContinualModel",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "model": {"uri": "zoo:cv/detection/yolov5-s/pytorch/ultralytics/coco/pruned_quant-aggressive_94"},
             "classNames": ["ball", "player"],
