@@ -15,20 +15,10 @@ cd "$(dirname "$0")/.."
 SCRIPT="make up"
 source hack/common.sh
 
-CONTEXT=${KONTINUAL_CONTEXT:-}
-NAMESPACE=${KONTINUAL_NAMESPACE:-kontinual-system}
-EXAMPLE=${KONTINUAL_EXAMPLE:-examples/minimal.yaml}
-WAIT=${KONTINUAL_WAIT:-20m}
-RELEASE=kontinual
 for var in KONTINUAL_OPERATOR_TAG KONTINUAL_SERVER_TAG KONTINUAL_TRAINER_TAG; do
     [[ -n ${!var:-} ]] || die "$var is not set: give the tag of the image already on the cluster's nodes"
 done
-[[ -f $EXAMPLE ]] || die "$EXAMPLE does not exist"
-HELM=$(tool helm "${HELM:-}")
-KUBECTL=$(tool kubectl "${KUBECTL:-}")
-kctx=() hctx=() shown=""
-if [[ -n $CONTEXT ]]; then kctx=(--context "$CONTEXT") hctx=(--kube-context "$CONTEXT") shown=" --context $CONTEXT"; fi
-kubectl() { "$KUBECTL" ${kctx[@]+"${kctx[@]}"} "$@"; }
+cluster_knobs 20m
 
 # Helm installs crds/ only on the first install and never upgrades them: apply them ourselves.
 say "Applying the ContinualModel CRD"

@@ -11,18 +11,8 @@ cd "$(dirname "$0")/.."
 SCRIPT="uninstall"
 source hack/common.sh
 
-CONTEXT=${KONTINUAL_CONTEXT:-}
-NAMESPACE=${KONTINUAL_NAMESPACE:-kontinual-system}
-EXAMPLE=${KONTINUAL_EXAMPLE:-examples/minimal.yaml}
-WAIT=${KONTINUAL_WAIT:-5m}
-RELEASE=kontinual
 CRD=continualmodels.kontinual.io
-[[ -f $EXAMPLE ]] || die "$EXAMPLE does not exist"
-HELM=$(tool helm "${HELM:-}")
-KUBECTL=$(tool kubectl "${KUBECTL:-}")
-kctx=() hctx=()
-if [[ -n $CONTEXT ]]; then kctx=(--context "$CONTEXT") hctx=(--kube-context "$CONTEXT"); fi
-kubectl() { "$KUBECTL" ${kctx[@]+"${kctx[@]}"} "$@"; }
+cluster_knobs 5m
 
 if kubectl get "crd/$CRD" >/dev/null 2>&1; then
     say "Deleting what $EXAMPLE created"
