@@ -5,7 +5,8 @@
 # prints how to reach it. hack/up.sh runs it on kind; the real-node tier
 # (tests/node/test_make_up.py) runs it as is on a real node. hack/uninstall.sh undoes it.
 # Needs: KONTINUAL_OPERATOR_TAG, KONTINUAL_SERVER_TAG, KONTINUAL_TRAINER_TAG (tags of the images
-# kontinual/operator, kontinual/server and kontinual/trainer present on every node).
+# kontinual/operator, kontinual/server and kontinual/trainer present on every node); optional:
+# KONTINUAL_SERVER_OPENVINO_TAG (kontinual/server-openvino, for spec.serving.runtime openvino/onnxruntime).
 # Knobs (environment): KONTINUAL_CONTEXT (kubeconfig context; empty: the current one),
 # KONTINUAL_NAMESPACE (operator namespace, default kontinual-system), KONTINUAL_EXAMPLE (default
 # examples/minimal.yaml), KONTINUAL_WAIT (default 20m: zoo download + compilation); HELM, KUBECTL.
@@ -31,6 +32,7 @@ say "Installing the Helm chart (release '$RELEASE' in namespace '$NAMESPACE')"
     --set "image.tag=$KONTINUAL_OPERATOR_TAG" \
     --set "serverImage.tag=$KONTINUAL_SERVER_TAG" \
     --set "trainerImage.tag=$KONTINUAL_TRAINER_TAG" \
+    ${KONTINUAL_SERVER_OPENVINO_TAG:+--set "serverOpenvinoImage.tag=$KONTINUAL_SERVER_OPENVINO_TAG"} \
     --set "image.pullPolicy=Never" \
     --wait --timeout 5m "$@"
 

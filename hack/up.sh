@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make up`: Kontinual on a local kind cluster in one command.
-# Creates (or reuses) the kind cluster of kind-config.yaml, builds the operator, server and trainer
-# images, loads them into kind, then runs hack/install.sh (applies the CRD, installs the Helm chart
-# with those image tags, applies examples/minimal.yaml, waits for it to be Ready, prints what to do
+# Creates (or reuses) the kind cluster of kind-config.yaml, builds the operator, server, trainer and
+# server-openvino images (the last serves spec.serving.runtime openvino/onnxruntime), loads them
+# into kind, then runs hack/install.sh (applies the CRD, installs the Helm chart with those image tags, applies examples/minimal.yaml, waits for it to be Ready, prints what to do
 # next). Only the kind steps are this script's own: the real-node tier runs hack/install.sh as is.
 # Needs: docker (running) and kind; helm and kubectl from PATH, else the pinned copies from .venv.
 # Knobs (environment): KONTINUAL_CLUSTER (kind cluster name, default kontinual),
@@ -54,8 +54,10 @@ build_and_load() {
 OPERATOR_TAG=$(build_and_load operator)
 SERVER_TAG=$(build_and_load server)
 TRAINER_TAG=$(build_and_load trainer --build-arg "TORCH_VARIANT=$TORCH_VARIANT")
+OPENVINO_TAG=$(build_and_load server-openvino)
 
 KONTINUAL_CONTEXT=$CONTEXT HELM=$HELM KUBECTL=$KUBECTL KONTINUAL_OPERATOR_TAG=$OPERATOR_TAG \
-    KONTINUAL_SERVER_TAG=$SERVER_TAG KONTINUAL_TRAINER_TAG=$TRAINER_TAG bash hack/install.sh
+    KONTINUAL_SERVER_TAG=$SERVER_TAG KONTINUAL_TRAINER_TAG=$TRAINER_TAG \
+    KONTINUAL_SERVER_OPENVINO_TAG=$OPENVINO_TAG bash hack/install.sh
 
 echo "Delete the kind cluster '$CLUSTER' and everything on it: make down"

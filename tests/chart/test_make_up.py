@@ -44,6 +44,7 @@ elif name == "kubectl" and "apply" in args and "-o" in args:
 
 
 STUBBED = {"docker", "kind", "kubectl", "helm"}
+IMAGES = ("operator", "server", "trainer", "server-openvino")  # built and loaded by make up, in order
 
 
 def _system_bin(tmp_path: Path) -> Path:
@@ -93,14 +94,15 @@ def test_up_creates_cluster_builds_loads_installs_and_waits(tmp_path: Path) -> N
     create = next(c for c in calls if c[:3] == ["kind", "create", "cluster"])
     assert create[create.index("--config") + 1] == "kind-config.yaml"
     builds = [c for c in calls if c[:2] == ["docker", "build"]]
-    assert [b[b.index("-f") + 1] for b in builds] == [f"images/{i}/Dockerfile" for i in ("operator", "server", "trainer")]
+    assert [b[b.index("-f") + 1] for b in builds] == [f"images/{i}/Dockerfile" for i in IMAGES]
     assert all(b[-1] == "." for b in builds), "the build context is the repository root"
     loads = [c[-3] for c in calls if c[:3] == ["kind", "load", "docker-image"]]
-    assert [image.split(":")[0] for image in loads] == ["kontinual/operator", "kontinual/server", "kontinual/trainer"]
+    assert [image.split(":")[0] for image in loads] == [f"kontinual/{i}" for i in IMAGES]
     install = _helm_install(calls)
     tags = {arg.split("=")[0]: arg.split("=")[1] for arg in install if "=" in arg and ".tag=" in arg}
     assert {f"kontinual/{n}:{tags[k]}" for n, k in (("operator", "image.tag"), ("server", "serverImage.tag"),
-                                                      ("trainer", "trainerImage.tag"))} == set(loads)
+                                                      ("trainer", "trainerImage.tag"),
+                                                      ("server-openvino", "serverOpenvinoImage.tag"))} == set(loads)
     order = [tuple(c[:3]) for c in calls]
     crd_apply = next(i for i, c in enumerate(calls) if c[-1] == "crds/" and "apply" in c)
     helm_at = order.index(("helm", "upgrade", "--install"))

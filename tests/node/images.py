@@ -40,6 +40,7 @@ BUILD_ARGS = {
     "operator": {},
     "server": {"TORCH_VARIANT": "cuda"},
     "trainer": {"TORCH_VARIANT": "cuda"},
+    "server-openvino": {},
 }
 
 

@@ -49,6 +49,7 @@ def script_env(node: RealNode, images: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "KUBECONFIG": node.node.kubeconfig, "HELM": str(helm_binary()),
             "KUBECTL": str(kubectl_binary()), "KONTINUAL_OPERATOR_TAG": tags["operator"],
             "KONTINUAL_SERVER_TAG": tags["server"], "KONTINUAL_TRAINER_TAG": tags["trainer"],
+            "KONTINUAL_SERVER_OPENVINO_TAG": tags["server-openvino"],
             "KONTINUAL_WAIT": "10m"}
 
 

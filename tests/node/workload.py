@@ -66,7 +66,8 @@ def make_models_volume(node: RealNode) -> Path:
 def install_chart(node: RealNode, images: dict[str, str], roboflow_url: str) -> dict[str, str]:
     """`helm install` of helm/kontinual with the images built here (pull policy Never: no registry)."""
     values = {}
-    for key, image in (("image", "operator"), ("serverImage", "server"), ("trainerImage", "trainer")):
+    for key, image in (("image", "operator"), ("serverImage", "server"), ("trainerImage", "trainer"),
+                       ("serverOpenvinoImage", "server-openvino")):
         repository, tag = images[image].rsplit(":", 1)
         values[f"{key}.repository"], values[f"{key}.tag"] = repository, tag
     proc = subprocess.run([
