@@ -218,15 +218,30 @@ def _where_to_report(argv: list[str]) -> tuple[Path, int | None]:
     return Path(known.result_file), version
 
 
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    raise TrainingError(TRAINING_FAILED, "terminated (SIGTERM): the Job's activeDeadlineSeconds passed, or the "
-                        "Job or its pod was deleted")
+class Terminated(BaseException):
+    """SIGTERM in the trainer's own process. A BaseException, as KeyboardInterrupt is, so that no library's
+    `except Exception` (yolov5 has many) can swallow it and leave the pod running until SIGKILL."""
+
+
+def install_sigterm_handler() -> None:
+    """Kubernetes stops a pod with SIGTERM: the trainer still writes a Failed result. Processes forked from
+    it (yolov5's label-cache Pool, DataLoader workers) inherit the handler, and there it must die as the
+    default action would: raising in a pool worker can leave it looping, and the trainer then waits in
+    `Pool.terminate()` forever (seen on the real node: a Job hung after 'step: evaluate')."""
+    trainer = os.getpid()
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        if os.getpid() != trainer:
+            os._exit(128 + signum)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def main(argv: list[str]) -> int:
     _setup_logging()
     result_file, version = _where_to_report(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)  # Kubernetes stops a pod with SIGTERM: still report
+    install_sigterm_handler()
     try:
         args = _parse(argv)
         result_file, version = args.result_file, args.version
@@ -236,6 +251,10 @@ def main(argv: list[str]) -> int:
         code = 0
     except TrainingError as exc:
         result, code = TrainingResult.failed(exc.reason, scrub(exc.message), version=version), 1
+    except Terminated:
+        result = TrainingResult.failed(TRAINING_FAILED, "terminated (SIGTERM): the Job's activeDeadlineSeconds "
+                                       "passed, or the Job or its pod was deleted", version=version)
+        code = 128 + signal.SIGTERM
     except KeyboardInterrupt:
         result, code = TrainingResult.failed(TRAINING_FAILED, "interrupted", version=version), 130
     except Exception as exc:  # noqa: BLE001 - any surprise still ends with a Failed result
