@@ -61,7 +61,8 @@ def test_new_labels_are_generated_into_a_version_that_the_run_trains_on(
     result = run.result
     assert result["datasetVersion"] == "2" and result["datasetGenerated"] is True
     assert result["images"] == {"train": 20, "valid": 4, "test": 6}  # the labeled images, all of them
-    assert result["evaluatedOn"] == {"split": "test", "images": 6, "datasetVersion": "2"}
+    assert result["evaluatedOn"] == {"split": "test", "images": 6, "datasetVersion": "2",
+                                     "file": "v4/model.onnx", "runtime": "deepsparse"}  # the file DeepSparse serves
     manifest = json.loads((tmp_path / "claim" / "v4" / "manifest.json").read_text())
     assert manifest["dataset"]["version"] == "2" and manifest["dataset"]["generated"] is True
     assert "generating a new version of acme/soccer from 30 annotated images" in run.log

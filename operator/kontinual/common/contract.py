@@ -6,16 +6,30 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kontinual.common.names import DEEPSPARSE_RUNTIME
+
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 # Kubernetes keeps at most 4096 bytes of a termination message; stay below it.
 MAX_RESULT_BYTES = 4000
 # The model claim's layout: `kontinual train` writes v<N>/ (and more files); the operator serves
-# v<N>/model.onnx and continues training from v<N>/model.pt. A Succeeded run's result also lies
-# there as v<N>/result.json, so it survives its pod.
+# v<N>/model.onnx (or, to the kserve engines, v<N>/model.qdq.onnx: served_file) and continues
+# training from v<N>/model.pt. A Succeeded run's result also lies there as v<N>/result.json, so it
+# survives its pod.
 MODEL_ONNX = "model.onnx"
+# A quantized (QAT) run's second export: INT8 as QuantizeLinear/DequantizeLinear pairs around float
+# ops, which OpenVINO and onnxruntime fuse into their own INT8 kernels; model.onnx holds the same
+# model as ConvInteger/QLinear ops, fast in DeepSparse and the slowest input for the other engines.
+MODEL_QDQ_ONNX = "model.qdq.onnx"
 MODEL_CHECKPOINT = "model.pt"
 RESULT_FILE = "result.json"
+
+
+def served_file(runtime: str, has_qdq: bool) -> str:
+    """The file of a version that spec.serving.runtime serves (and the trainer evaluates for the gate):
+    DeepSparse model.onnx; the kserve engines model.qdq.onnx when the version has one (a quantized
+    run), model.onnx when not (a dense run's one export serves every runtime)."""
+    return MODEL_QDQ_ONNX if has_qdq and runtime != DEEPSPARSE_RUNTIME else MODEL_ONNX
 
 
 def version_file(version: int, file: str) -> str:
@@ -35,6 +49,9 @@ class TrainingResult:
     version: int | None = None
     onnx: str | None = None  # path relative to the claim root, e.g. "v3/model.onnx"
     sha256: str | None = None
+    # A quantized run's QDQ export (MODEL_QDQ_ONNX), for OpenVINO and onnxruntime; None for a dense run.
+    qdqOnnx: str | None = None  # e.g. "v3/model.qdq.onnx"
+    qdqSha256: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # mAP50, mAP50_95
     sparsity: float | None = None
     datasetVersion: str | None = None
@@ -43,7 +60,9 @@ class TrainingResult:
     # The serving model evaluated by the same code on the same split:
     # {"version": M, "metrics": {...}} or {"version": M, "error": "why it could not be evaluated"}.
     baseline: dict[str, Any] = field(default_factory=dict)
-    evaluatedOn: dict[str, Any] = field(default_factory=dict)  # split, images, datasetVersion
+    # split, images, datasetVersion, and the file both models were evaluated as (file: the candidate's
+    # path relative to the claim root, runtime: the spec.serving.runtime it is the served file of).
+    evaluatedOn: dict[str, Any] = field(default_factory=dict)
     datasetGenerated: bool | None = None  # True when this run generated datasetVersion in Roboflow
     reason: str | None = None  # Failed only: a CamelCase reason, e.g. DatasetEmpty
     message: str | None = None  # Failed only: what a person should know and do
@@ -93,4 +112,6 @@ class TrainingResult:
             missing = [k for k in ("version", "onnx", "sha256") if not getattr(result, k)]
             if missing:
                 raise ResultError(f"a Succeeded result needs {', '.join(missing)}")
+            if bool(result.qdqOnnx) != bool(result.qdqSha256):
+                raise ResultError("a result's qdqOnnx and qdqSha256 come together")
         return result

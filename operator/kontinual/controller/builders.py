@@ -59,9 +59,10 @@ class ModelTarget:
 
     @classmethod
     def trained(cls, spec: Spec, version: int, sha256: str | None = None,
-                class_names: tuple[str, ...] | None = None) -> "ModelTarget":
-        """Trained version N; `class_names` its dataset's (default: the project's, spec.classNames)."""
-        uri = f"pvc://{spec.storage.claim_name}/{version_file(version, MODEL_ONNX)}"
+                class_names: tuple[str, ...] | None = None, file: str = MODEL_ONNX) -> "ModelTarget":
+        """Trained version N's `file` (the one spec.serving.runtime serves: ModelRecord.served_file) and its
+        sha256; `class_names` its dataset's (default: the project's, spec.classNames)."""
+        uri = f"pvc://{spec.storage.claim_name}/{version_file(version, file)}"
         return cls(version=version, source=ModelSource.parse(uri, "status.serving.uri"), sha256=sha256,
                    class_names=spec.class_names if class_names is None else class_names)
 

@@ -17,7 +17,7 @@ from typing import Any
 from croniter import croniter
 
 from kontinual.common.names import TRAIN_REQUEST_ANNOTATION
-from kontinual.common.contract import MODEL_ONNX, TrainingResult, version_file
+from kontinual.common.contract import MODEL_ONNX, MODEL_QDQ_ONNX, TrainingResult, served_file, version_file
 from kontinual.controller.spec import Spec
 from kontinual.controller.statusdata import LastRun, ModelRecord, TrainingStatus
 
@@ -218,7 +218,8 @@ def judge(spec: Spec, result: TrainingResult, version: int, serving_version: int
     serving model on the candidate's split (result.baseline), metric >= baseline + minDelta. When
     the serving model cannot be evaluated on the dataset's classes (a COCO seed and a 4-class
     project), the floor alone is the gate; never is a model promoted only because its
-    predecessor had no number.
+    predecessor had no number. The numbers must be those of the file spec.serving.runtime will serve
+    (result.evaluatedOn.file), not of the version's other export.
     """
     expected = version_file(version, MODEL_ONNX)
     if result.version != version or result.onnx != expected:
@@ -226,6 +227,20 @@ def judge(spec: Spec, result: TrainingResult, version: int, serving_version: int
                        f"the result describes version {result.version} at {result.onnx!r}, expected {expected}")
     if not result.sha256 or not SHA256_RE.match(result.sha256):
         return Verdict(False, "ChecksumMissing", "the result has no valid sha256 of model.onnx; it cannot be verified")
+    if result.qdqOnnx is not None or result.qdqSha256 is not None:  # a quantized run's export for the kserve engines
+        expected_qdq = version_file(version, MODEL_QDQ_ONNX)
+        if result.qdqOnnx != expected_qdq:
+            return Verdict(False, "ResultMismatch", f"the result's QDQ export is at {result.qdqOnnx!r}, "
+                           f"expected {expected_qdq}")
+        if not result.qdqSha256 or not SHA256_RE.match(result.qdqSha256):
+            return Verdict(False, "ChecksumMissing", "the result has no valid qdqSha256 of model.qdq.onnx; it "
+                           "cannot be verified")
+    evaluated = (result.evaluatedOn or {}).get("file")  # absent from trainers before per-runtime exports
+    served = version_file(version, served_file(spec.serving.runtime, result.qdqOnnx is not None))
+    if evaluated and evaluated != served:
+        return Verdict(False, "RuntimeChanged", f"the run evaluated {evaluated} (for runtime "
+                       f"{(result.evaluatedOn or {}).get('runtime')}), but spec.serving.runtime "
+                       f"{spec.serving.runtime} serves {served}; request a new run")
     gate = spec.rollout.gate
     value = (result.metrics or {}).get(gate.metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -260,6 +275,7 @@ def model_record(result: TrainingResult, job: str, finished_at: str, verdict: Ve
     return ModelRecord(
         version=version if version is not None else int(result.version or 0),
         sha256=result.sha256,
+        qdq_sha256=result.qdqSha256,
         metrics=dict(result.metrics or {}),
         sparsity=result.sparsity,
         dataset_version=result.datasetVersion,

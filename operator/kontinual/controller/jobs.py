@@ -12,7 +12,7 @@ from kontinual.controller.builders import (MODELS_MOUNT, container_security, fet
                                 metadata, pod_security, sparsezoo_env,
                                 with_colocation)
 from kontinual.common.classnames import COCO_NAMES
-from kontinual.common.contract import MODEL_CHECKPOINT, MODEL_ONNX, RESULT_FILE, version_file
+from kontinual.common.contract import MODEL_CHECKPOINT, RESULT_FILE, version_file
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
 from kontinual.controller.statusdata import ModelRecord
@@ -106,7 +106,8 @@ class Baseline:
         """From the serving model's status.models[] record, or the seed when None."""
         if serving is None:
             return cls(0, spec.model.uri, spec.seed_class_names)
-        return cls(serving.version, f"pvc://{spec.storage.claim_name}/{version_file(serving.version, MODEL_ONNX)}",
+        file, _ = serving.served_file(spec.serving.runtime)  # the file the server runs, as the candidate's
+        return cls(serving.version, f"pvc://{spec.storage.claim_name}/{version_file(serving.version, file)}",
                    serving.names(spec.class_names))
 
 
@@ -155,6 +156,8 @@ def training_job(spec: Spec, settings: Settings, *, version: int, base_weights: 
         "--image-size", str(training.image_size),
         "--batch-size", str(training.batch_size),
         "--device", training.device,
+        # The trainer evaluates the file this runtime serves (a quantized run's QDQ export for the kserve engines).
+        "--runtime", spec.serving.runtime,
     ]
     baseline = baseline or Baseline.of(spec, None)
     args += ["--baseline-model", inputs.path(baseline.uri, "baseline"), "--baseline-version", str(baseline.version)]

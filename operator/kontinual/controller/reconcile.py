@@ -52,7 +52,8 @@ def serving_target(spec: Spec, models: Sequence[ModelRecord]) -> ModelTarget:
     model = decisions.serving_model(spec, models)
     if model is None:
         return ModelTarget.seed(spec)
-    return ModelTarget.trained(spec, model.version, model.sha256, model.names(spec.class_names))
+    file, digest = model.served_file(spec.serving.runtime)  # the QDQ export for OpenVINO/onnxruntime, if any
+    return ModelTarget.trained(spec, model.version, digest, model.names(spec.class_names), file=file)
 
 
 def lock_for(namespace: str, name: str) -> threading.Lock:

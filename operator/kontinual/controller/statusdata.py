@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kontinual.common.contract import MODEL_QDQ_ONNX, served_file
+
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -142,7 +144,8 @@ class ModelRecord:
     """One status.models[] entry: a trained version, its numbers and the gate's verdict."""
 
     version: int
-    sha256: str | None = None
+    sha256: str | None = None  # of model.onnx
+    qdq_sha256: str | None = None  # of model.qdq.onnx, a quantized version's export for the kserve engines
     metrics: Mapping[str, float] = field(default_factory=dict)
     sparsity: float | None = None
     dataset_version: str | None = None
@@ -165,7 +168,8 @@ class ModelRecord:
             return None
         metrics = {k: v for k, v in _map(data.get("metrics")).items() if _float(v) is not None}
         images = {k: v for k, v in _map(data.get("images")).items() if _int(v) is not None}
-        return cls(version=int(data["version"]), sha256=_str(data.get("sha256")), metrics=metrics,
+        return cls(version=int(data["version"]), sha256=_str(data.get("sha256")),
+                   qdq_sha256=_str(data.get("qdqSha256")), metrics=metrics,
                    sparsity=_float(data.get("sparsity")), dataset_version=_str(data.get("datasetVersion")),
                    images=images, trained_at=_str(data.get("trainedAt")), job=_str(data.get("job")),
                    promoted=bool(_bool(data.get("promoted"))), rolled_back=_bool(data.get("rolledBack")),
@@ -177,6 +181,11 @@ class ModelRecord:
         out = _to_dict(self)
         out["promoted"] = self.promoted  # False is an answer, never left out
         return out
+
+    def served_file(self, runtime: str) -> tuple[str, str | None]:
+        """(file name, its sha256) of this version that `runtime` serves (contract.served_file)."""
+        name = served_file(runtime, self.qdq_sha256 is not None)
+        return name, self.qdq_sha256 if name == MODEL_QDQ_ONNX else self.sha256
 
     def names(self, project_names: Sequence[str]) -> tuple[str, ...]:
         """Its own class names (its dataset's); records written before versions carried names: the project's."""

@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kontinual.common.names import ROBOFLOW_API_KEY_ENV, TERMINATION_LOG
-from kontinual.common.contract import TrainingResult
+from kontinual.common.names import DEEPSPARSE_RUNTIME, ROBOFLOW_API_KEY_ENV, RUNTIMES, TERMINATION_LOG
+from kontinual.common.contract import MODEL_ONNX, MODEL_QDQ_ONNX, TrainingResult
 from kontinual.trainer.errors import (INVALID_ARGUMENTS, REASONS, TRAINING_FAILED, TrainingError,
                                        scrub)
 
@@ -26,9 +26,12 @@ store it as version N on the model claim.
 Pipeline: fetch --base-weights and --recipe -> (with --generate-version, have Roboflow generate a
 new version) -> download the Roboflow dataset version (or read --dataset-dir) -> validate it ->
 train with the recipe -> export ONNX (input [1,3,S,S]) -> check it in onnxruntime and DeepSparse ->
-evaluate mAP50 / mAP50-95 of the ONNX on the test split (valid if there is none), and the
---baseline-model on the same split -> write
-<output-dir>/v<N>/{{model.onnx, model.pt, metrics.json, recipe.yaml, manifest.json, result.json}} (built in
+a quantized run also exports model.qdq.onnx (INT8 as QuantizeLinear/DequantizeLinear, for OpenVINO and
+onnxruntime) and checks it in onnxruntime against model.onnx -> evaluate mAP50 / mAP50-95 of the file
+--runtime serves on the test split (valid if there is none), and the --baseline-model on the same
+split -> write
+<output-dir>/v<N>/{{model.onnx, [model.qdq.onnx,] model.pt, metrics.json, recipe.yaml, manifest.json,
+result.json}} (built in
 <output-dir>/.v<N>.tmp-<random>, renamed when complete) -> write the result JSON to --result-file.
 
 Every flag --foo-bar can also be set by the environment variable {ENV_PREFIX}FOO_BAR (a flag wins).
@@ -80,6 +83,11 @@ def _parser() -> _Parser:
     gate.add_argument("--baseline-class-names", metavar="JSON|coco",
                       help="the serving model's class names as a JSON list, or coco; a model of other classes "
                            "than the dataset's is not evaluated (the result says so)")
+    gate.add_argument("--runtime", default=DEEPSPARSE_RUNTIME, choices=RUNTIMES,
+                      help="the spec.serving.runtime that will serve the version: the candidate is evaluated as "
+                           f"the file it serves ({MODEL_ONNX} for deepsparse; for openvino and onnxruntime a "
+                           f"quantized run's {MODEL_QDQ_ONNX}, written by every quantized run) "
+                           f"(default: {DEEPSPARSE_RUNTIME})")
     model = p.add_argument_group("model")
     model.add_argument("--base-weights", metavar="SOURCE",
                        help="where training starts (required): zoo:<stub>[?recipe_type=transfer_learn] (a "
@@ -151,6 +159,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         problems.append(f"--dataset-version must be 'latest' or a number, got {args.dataset_version!r}")
     if args.device not in ("auto", "cpu", "cuda"):  # argparse does not check defaults from the environment
         problems.append(f"--device must be auto, cpu or cuda, got {args.device!r}")
+    if args.runtime not in RUNTIMES:
+        problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {args.runtime!r}")
     if args.generate_version is not None:
         try:
             settings = json.loads(args.generate_version)

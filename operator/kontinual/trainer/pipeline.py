@@ -1,5 +1,5 @@
-"""The training run, step by step: sources -> dataset -> model and recipe -> train -> export and check ->
-evaluate -> artifacts -> result."""
+"""The training run, step by step: sources -> dataset -> model and recipe -> train -> export and check (and
+a quantized model's QDQ export) -> evaluate the file the runtime serves -> artifacts -> result."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from kontinual.common.contract import (MODEL_CHECKPOINT, MODEL_ONNX, RESULT_FILE, SUCCEEDED, TrainingResult,
-                                      version_file)
+from kontinual.common.contract import (MODEL_CHECKPOINT, MODEL_ONNX, MODEL_QDQ_ONNX, RESULT_FILE, SUCCEEDED,
+                                      TrainingResult, served_file, version_file)
+from kontinual.common.names import RUNTIMES
 from kontinual.trainer.errors import INVALID_ARGUMENTS, TrainingError
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> TrainingResult:
     from kontinual.trainer.artifacts import VersionFolder, manifest, write_json
     from kontinual.trainer.baseline import BaselineModel, evaluate_baseline, parse_class_names
     from kontinual.trainer.evaluate import evaluate_onnx
-    from kontinual.trainer.export import check_onnx, export_onnx, onnx_conv_sparsity
+    from kontinual.trainer.export import check_onnx, check_qdq_onnx, export_onnx, export_qdq_onnx, onnx_conv_sparsity
     from kontinual.trainer.fit import TrainSettings, train
     from kontinual.trainer.model import build_model, conv_sparsity, is_quantized, read_base, save_checkpoint
     from kontinual.trainer.pictures import Evidence, write_pictures
@@ -107,13 +108,21 @@ def run(args: argparse.Namespace) -> TrainingResult:
         with _step("export", timings):
             export_onnx(model, onnx_path, args.image_size)
             checks = check_onnx(onnx_path, args.image_size)
+        qdq_checks: dict | None = None
+        if checks["quantized_ops"]:  # OpenVINO and onnxruntime run INT8 fast only from QDQ
+            with _step("export_qdq", timings):
+                export_qdq_onnx(model, folder.file(MODEL_QDQ_ONNX), args.image_size)
+                qdq_checks = check_qdq_onnx(folder.file(MODEL_QDQ_ONNX), args.image_size, onnx_path)
+        # The gate's numbers are the served file's: the one spec.serving.runtime will run.
+        served = served_file(args.runtime, qdq_checks is not None)
+        served_path = folder.file(served)
         overall, per_layer = onnx_conv_sparsity(onnx_path)
         torch_overall, _ = conv_sparsity(model)
         _LOG.info("sparsity of conv weights: %.4f in the ONNX (%.4f in PyTorch)", overall, torch_overall)
         with _step("evaluate", timings):
             split = data.eval_split
             seen, seen_by_baseline = Evidence(), Evidence()
-            metrics = evaluate_onnx(onnx_path, data.split_images(split), args.image_size, args.workers,
+            metrics = evaluate_onnx(served_path, data.split_images(split), args.image_size, args.workers,
                                     len(data.names), seen)
             baseline: dict = {}
             if args.baseline_model:
@@ -123,7 +132,8 @@ def run(args: argparse.Namespace) -> TrainingResult:
                     data.names, data.split_images(split), image_size=args.image_size,
                     evaluate=lambda path, size, nc: evaluate_onnx(path, data.split_images(split), size,
                                                                   args.workers, nc, seen_by_baseline))
-        evaluated_on = {"split": split, "images": data.images[split], "datasetVersion": data.version}
+        evaluated_on = {"split": split, "images": data.images[split], "datasetVersion": data.version,
+                        "file": version_file(args.version, served), "runtime": args.runtime}
         write_json(folder.file("metrics.json"), {**metrics, "split": split, "images": data.images[split],
                                                  "imageSize": args.image_size, "baseline": baseline,
                                                  "evaluatedOn": evaluated_on})
@@ -141,14 +151,19 @@ def run(args: argparse.Namespace) -> TrainingResult:
             timings=timings,
             extra={"recipe": recipe_source, "baseWeights": args.base_weights, "epochs": args.epochs,
                    "imageSize": args.image_size, "batchSize": args.batch_size, "device": str(device),
-                   "quantized": bool(checks["quantized_ops"]), "onnx": checks, "training": trained,
+                   "quantized": bool(checks["quantized_ops"]), "onnx": checks, "qdqOnnx": qdq_checks,
+                   # which file each spec.serving.runtime serves (and verifies by its sha256 in files)
+                   "servedFiles": {runtime: served_file(runtime, qdq_checks is not None) for runtime in RUNTIMES},
+                   "training": trained,
                    "pictures": pictures,
                    "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
         from kontinual.trainer.artifacts import sha256
 
         digest = sha256(onnx_path)
+        qdq = {"qdqOnnx": version_file(args.version, MODEL_QDQ_ONNX),
+               "qdqSha256": sha256(folder.file(MODEL_QDQ_ONNX))} if qdq_checks is not None else {}
         result = TrainingResult(
-            status=SUCCEEDED, version=args.version, onnx=version_file(args.version, MODEL_ONNX), sha256=digest,
+            status=SUCCEEDED, version=args.version, onnx=version_file(args.version, MODEL_ONNX), sha256=digest, **qdq,
             metrics={"mAP50": metrics["mAP50"], "mAP50_95": metrics["mAP50_95"]}, sparsity=round(overall, 4),
             datasetVersion=data.version, images={k: v for k, v in data.images.items()},
             classNames=list(data.names), baseline=baseline, evaluatedOn=evaluated_on, datasetGenerated=generated,
