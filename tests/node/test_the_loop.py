@@ -205,13 +205,17 @@ def test_switching_to_the_apache_licensed_runtime_rolls_the_promoted_model_onto_
     assert status == 200, after
     assert isinstance(before, dict) and isinstance(after, dict)
     assert after["labels"] == before["labels"], (before, after)  # DeepSparse's schema, the same model's classes
+    # OpenVINO runs the run's QDQ export, DeepSparse its ConvInteger export of the same weights: the INT8
+    # kernels differ, so boxes may move a little (up to 1.0 px measured in the training tier).
     for old, new in zip(before["boxes"][0], after["boxes"][0], strict=True):
-        assert all(abs(a - b) < 0.5 for a, b in zip(old, new, strict=True)), (before, after)
+        assert all(abs(a - b) <= 2.0 for a, b in zip(old, new, strict=True)), (before, after)
     pod = next(p for p in node.core.list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/component=server").items if p.metadata.deletion_timestamp is None)
     verify = pod.status.init_container_statuses[0]
     assert verify.name == "verify-model" and verify.state.terminated.exit_code == 0
     wait_for("an upload from the openvino runtime's logger", lambda: len(roboflow.uploads_to(PROJECT)) > uploads,
              timeout=60)
-    assert model_now(node)["status"]["serving"]["version"] == 1
+    serving = model_now(node)["status"]["serving"]
+    assert serving["version"] == 1
+    assert serving["uri"] == "pvc://loop-models/v1/model.qdq.onnx", serving  # the INT8 export OpenVINO runs fast
     print(f"runtime switch under load: {len(load.results)} requests, 0 failed")
