@@ -39,8 +39,9 @@ def _make_image(rng: random.Random, size: int, hard: bool = False) -> tuple[Imag
             draw.line((x, y, x + rng.randint(-size // 3, size // 3), y + rng.randint(-size // 3, size // 3)),
                       fill=(200, 220, 200), width=1)
     lines = []
-    low, high = (size // 10, size // 5) if hard else (size // 6, size // 3)  # smaller, farther players
-    for _ in range(rng.randint(2, 5) if hard else rng.randint(1, 3)):
+    # Smaller, farther players (4-8 px in a 64 px image: near what a stride-8 detector resolves).
+    low, high = (size // 16, size // 8) if hard else (size // 6, size // 3)
+    for _ in range(rng.randint(3, 6) if hard else rng.randint(1, 3)):
         cls = rng.randrange(len(CLASS_NAMES))
         w = rng.randint(low, high)
         h = rng.randint(low, high)

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> TrainingResult:
             data = datasets.validate(root)
             data.version = version
         with _step("model", timings):
+            from yolov5.utils.general import init_seeds
+
+            init_seeds(args.seed)  # --seed covers the new detection head's random init too, not only training
             loaded = build_model(base, data.names)
             recipe = build_recipe(recipe_text, recipe_source, epochs=args.epochs,
                                   base_quantized=bool(loaded.quantization_recipe))
