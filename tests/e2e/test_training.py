@@ -136,12 +136,16 @@ def test_a_requested_run_starts_one_owned_job(cluster: Cluster, kontinual: Opera
 def test_a_succeeded_run_is_promoted_and_rolled_out(cluster: Cluster, kontinual: Operator,
                                                     model: dict[str, Any]) -> None:
     assert served_version(cluster) == "0"
-    play_kubelet_terminated(cluster, job_pod(cluster, f"{NAME}-train-1"), exit_code=0, message=success(1, 0.61))
+    # The trainer evaluated the serving seed on the same split: the gate compares those two numbers.
+    play_kubelet_terminated(cluster, job_pod(cluster, f"{NAME}-train-1"), exit_code=0,
+                            message=success(1, 0.61, baseline=0.33))
     job_finished(cluster, f"{NAME}-train-1", "Complete")
     current = recorded(cluster, 1)
     status = current["status"]
     assert status["models"][0]["version"] == 1 and status["models"][0]["promoted"] is True
     assert status["models"][0]["metrics"]["mAP50"] == pytest.approx(0.61)
+    assert status["models"][0]["reason"] == "GatePassed"
+    assert status["models"][0]["message"].startswith("mAP50 0.6100 vs 0.3300 of the seed model (v0) on "), status
     assert status["serving"]["version"] == 1 and status["serving"]["sha256"] == SHA[1]
     assert condition(current, "Training")["status"] == "False"
     assert condition(current, "Degraded").get("status", "False") == "False"
@@ -161,6 +165,7 @@ def test_a_worse_model_is_rejected_by_the_gate(cluster: Cluster, kontinual: Oper
     rejected = next((m for m in current["status"]["models"] if m["version"] == 2), None)
     assert rejected is not None, f"v2 is not in status.models:\n{status_of(cluster)}"
     assert rejected["promoted"] is False and rejected["reason"] == "GateRejected"
+    assert rejected["message"].startswith("mAP50 0.4000 vs 0.6100 of v1 on "), rejected
     assert condition(current, "Degraded")["status"] == "True"
     assert condition(current, "Degraded")["reason"] == "GateRejected"
     assert served_version(cluster) == "1"
