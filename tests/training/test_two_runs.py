@@ -40,7 +40,8 @@ def test_the_gate_promotes_over_the_seed_by_the_floor_then_over_v1_on_the_same_h
     assert loop.generate_requests == 1, figures
     assert two.datasetVersion == "2" and two.datasetGenerated is True, figures
     assert two.images["train"] > one.images["train"], figures  # the new labels are in it
-    assert two.evaluatedOn == {"split": "test", "images": two.images["test"], "datasetVersion": "2"}, figures
+    assert two.evaluatedOn == {"split": "test", "images": two.images["test"], "datasetVersion": "2",
+                               "file": "v2/model.onnx", "runtime": "deepsparse"}, figures  # the file the example serves
     assert two.baseline is not None and two.baseline.get("version") == 1, figures
     candidate, baseline = two.metrics["mAP50"], two.baseline["metrics"]["mAP50"]
     assert candidate > baseline + gate.min_delta, figures
