@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kontinual.common import contract
+from kontinual.common.contract import BUILTIN_RECIPES
 from kontinual.controller import decisions, status, statusdata
 from kontinual.controller.statusdata import TrainingStatus
 from kontinual.controller import spec as specs
@@ -301,6 +302,8 @@ BAD = [
     ("image size not a multiple of 32", _set("spec.training.imageSize", 100), "spec.training.imageSize", "multiple"),
     ("both recipe sources", _set("spec.training.recipe", {"configMapRef": {"name": "r"}, "uri": "https://x/r.yaml"}),
      "spec.training.recipe", "too many properties"),
+    ("unknown built-in recipe", _set("spec.training.recipe", {"uri": "builtin:prune-harder"}),
+     "spec.training.recipe.uri", "builtin:prune-harder"),
     ("port out of range", _set("spec.serving.port", 70000), "spec.serving.port", "maximum"),
     ("typo in a field name", _set("spec.serving.replica", 2), "spec.serving.replica", "unknown field"),
     ("no Secret for Roboflow", _set("spec.dataLogging", {"roboflow": {"workspace": "w", "project": "p"}}),
@@ -354,6 +357,13 @@ def test_each_documented_model_uri_form_is_accepted(uri: str) -> None:
 def test_base_weights_forms_are_accepted(weights: str) -> None:
     cr = example("minimal.yaml:demo")
     cr["spec"]["training"] = {"baseWeights": weights}
+    validate(cr)
+
+
+@pytest.mark.parametrize("name", BUILTIN_RECIPES)
+def test_every_builtin_recipe_is_accepted_by_name(name: str) -> None:
+    cr = example("minimal.yaml:demo")
+    cr["spec"]["training"] = {"recipe": {"uri": f"builtin:{name}"}}
     validate(cr)
 
 

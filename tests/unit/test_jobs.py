@@ -187,6 +187,15 @@ def test_every_recipe_uri_form_reaches_the_trainer_as_a_file(uri: str) -> None:
         f"--recipe {recipe!r} is neither a built-in recipe, a file in the image, nor under a mounted volume")
 
 
+def test_a_builtin_recipe_reaches_the_trainer_by_name_and_the_names_are_the_trainers() -> None:
+    from kontinual.common.contract import BUILTIN_RECIPES
+    from kontinual.trainer.recipes import DEFAULT_RECIPE, builtin_recipes
+
+    assert sorted(BUILTIN_RECIPES) == builtin_recipes() and DEFAULT_RECIPE == "prune-quantize"
+    manifest = job(make_spec({"recipe": {"uri": "builtin:prune-quantize-aggressive"}}))
+    assert trainer_args(manifest).recipe == "prune-quantize-aggressive"
+
+
 def test_roboflow_key_and_api_url_reach_the_trainer() -> None:
     env = {e["name"]: e for e in trainer(job(make_spec()))["env"]}
     # the documented variable `kontinual train` reads the key from

@@ -157,6 +157,12 @@ def test_recipe_config_map_and_uri_are_exclusive() -> None:
     assert "spec.training.recipe" in message and "configMapRef" in message and "uri" in message
 
 
+def test_an_unknown_builtin_recipe_is_named_with_the_ones_there_are() -> None:
+    message = error({"dataLogging": {"roboflow": ROBOFLOW}, "training": {"recipe": {"uri": "builtin:prune-90"}}})
+    assert "spec.training.recipe.uri 'builtin:prune-90'" in message
+    assert "builtin:prune-quantize-aggressive" in message and "builtin:keep-sparsity-quantize" in message
+
+
 def test_recipe_config_map_key_defaults() -> None:
     spec = parse(cr({"dataLogging": {"roboflow": ROBOFLOW}, "training": {"recipe": {"configMapRef": {"name": "r"}}}}),
                  SETTINGS)

@@ -23,6 +23,10 @@ MODEL_ONNX = "model.onnx"
 MODEL_QDQ_ONNX = "model.qdq.onnx"
 MODEL_CHECKPOINT = "model.pt"
 RESULT_FILE = "result.json"
+# The trainer's built-in recipes (kontinual/trainer/recipes/<name>.yaml), which a ContinualModel names
+# as spec.training.recipe.uri builtin:<name>; the first is the default.
+BUILTIN_RECIPES = ("prune-quantize", "prune-quantize-aggressive", "keep-sparsity-quantize")
+BUILTIN_RECIPE_SCHEME = "builtin:"
 
 
 def served_file(runtime: str, has_qdq: bool) -> str:

@@ -12,7 +12,7 @@ from kontinual.controller.builders import (MODELS_MOUNT, container_security, fet
                                 metadata, pod_security, sparsezoo_env,
                                 with_colocation)
 from kontinual.common.classnames import COCO_NAMES
-from kontinual.common.contract import MODEL_CHECKPOINT, RESULT_FILE, version_file
+from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, MODEL_CHECKPOINT, RESULT_FILE, version_file
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
 from kontinual.controller.statusdata import ModelRecord
@@ -41,7 +41,10 @@ class _Inputs:
         self.init: list[dict[str, Any]] = []
 
     def path(self, uri: str, role: str) -> str:
-        """A local path for `uri` (file://, pvc://, https://); anything else is passed as is."""
+        """A local path for `uri` (file://, pvc://, https://), a built-in recipe's name for builtin:<name>;
+        anything else (zoo:) is passed as is."""
+        if uri.startswith(BUILTIN_RECIPE_SCHEME):
+            return uri[len(BUILTIN_RECIPE_SCHEME):]
         if uri.startswith("file://"):
             return uri[len("file://"):]
         if uri.startswith("pvc://"):

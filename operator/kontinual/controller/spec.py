@@ -17,6 +17,7 @@ from croniter import croniter
 
 from kontinual.common.capture_settings import DEFAULT_METRICS_PORT
 from kontinual.common.classnames import seed_names
+from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, BUILTIN_RECIPES
 from kontinual.common.names import DEEPSPARSE_RUNTIME, RUNTIMES
 from kontinual.controller import limits
 from kontinual.controller.settings import Settings
@@ -360,6 +361,13 @@ def _fires(schedule: str) -> bool:
     return True
 
 
+def _recipe_uri(uri: str) -> str:
+    if uri.startswith(BUILTIN_RECIPE_SCHEME) and uri[len(BUILTIN_RECIPE_SCHEME):] not in BUILTIN_RECIPES:
+        raise SpecError(f"spec.training.recipe.uri {uri!r}: no such built-in recipe; expected one of "
+                        f"{', '.join(BUILTIN_RECIPE_SCHEME + name for name in BUILTIN_RECIPES)}")
+    return no_credentials(uri, "spec.training.recipe.uri")
+
+
 def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Training:
     trigger = r.sub("trigger")
     schedule = trigger.text("schedule") or None
@@ -392,7 +400,7 @@ def _training(r: Reader, settings: Settings, logging: DataLogging | None) -> Tra
         base_weights=no_credentials(r.text("baseWeights"), "spec.training.baseWeights"),
         recipe=Recipe(
             config_map=recipe.secret_ref("configMapRef", "recipe.yaml") if recipe.has("configMapRef") else None,
-            uri=no_credentials(recipe.text("uri"), "spec.training.recipe.uri") or None,
+            uri=_recipe_uri(recipe.text("uri")) or None,
         ),
         epochs=r.req_int("epochs", 50, minimum=1),
         image_size=image_size,

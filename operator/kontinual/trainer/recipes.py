@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, BUILTIN_RECIPES
 from kontinual.trainer.errors import RECIPE_INVALID, TrainingError
 
 _LOG = logging.getLogger(__name__)
 RECIPES_DIR = Path(__file__).parent / "recipes"
-DEFAULT_RECIPE = "prune-quantize"
+DEFAULT_RECIPE = BUILTIN_RECIPES[0]
 # yolov5's Concat and Detect take lists; wrapping them for QAT breaks (torch >= 2.9, fix 4).
 QAT_IGNORE = ("Concat", "Detect")
 
@@ -37,6 +38,7 @@ def read_recipe(spec: str | None, work: Path) -> tuple[str, str]:
     from kontinual.trainer.sources import fetch_recipe
 
     spec = spec or DEFAULT_RECIPE
+    spec = spec[len(BUILTIN_RECIPE_SCHEME):] if spec.startswith(BUILTIN_RECIPE_SCHEME) else spec
     if (RECIPES_DIR / f"{spec}.yaml").is_file() and not Path(spec).is_file():
         path = RECIPES_DIR / f"{spec}.yaml"
     elif spec.startswith(("zoo:", "http://", "https://", "file://")) or Path(spec).is_file():
