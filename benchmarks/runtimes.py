@@ -1,12 +1,16 @@
 """Benchmark (not a test): every serving engine on each model format, side by side in one run, and each server.
 
 The models are sparse_speedup.py's: the real trainer's YOLOv5s 640 px exports, 90 % pruned + INT8
-QAT (the format DeepSparse runs fast) and dense fp32. Engines: DeepSparse 1.8.0 (this venv),
-OpenVINO f32 and onnxruntime (.venv-runtime, as the server-openvino image runs them), items/s at
-batch 1 and 32. Servers, started from the config Kontinual's builder renders: DeepSparse Server on
-the sparse INT8 model, the kserve runtime (OpenVINO) on the dense fp32 one; requests/s, p50 and p99
-on the from_files route (one 640x480 JPEG per request) at concurrency 1 and 4.
-Usage: `.venv/bin/python benchmarks/runtimes.py [--seconds 10] [--work-dir DIR]` (needs make venv).
+QAT and the built-in aggressive recipe's, each in both export formats (model.onnx with ConvInteger,
+the format DeepSparse runs fast; model.qdq.onnx, which OpenVINO and onnxruntime fuse into their INT8
+kernels), and dense fp32. Engines: DeepSparse 1.8.0 (this venv), OpenVINO f32 and onnxruntime
+(.venv-runtime, as the server-openvino image runs them), items/s at batch 1 and 32, and the item-4
+ratios. Servers, started from the config Kontinual's builder renders, each on the file its runtime
+serves: DeepSparse Server on model.onnx, the kserve runtime (OpenVINO) on model.qdq.onnx and on a
+dense export; requests/s, p50 and p99 on the from_files route (one 640x480 JPEG per request) at
+concurrency 1 and 4.
+Usage: `.venv/bin/python benchmarks/runtimes.py [--seconds 10] [--batches 1,32] [--work-dir DIR]`
+(needs make venv).
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ def load(url: str, image: bytes, concurrency: int, seconds: float) -> dict[str, 
             "p99": p99 * 1000, "failed": failures[0]}
 
 
-def servers(sparse: Path, dense: Path, work: Path, seconds: float) -> list[tuple[str, int, dict[str, float]]]:
+def servers(models: dict[str, Path], work: Path, seconds: float) -> list[tuple[str, int, dict[str, float]]]:
     from PIL import Image
 
     from tests.runtime.server import KServeServer, with_runtime
@@ -140,28 +144,66 @@ def servers(sparse: Path, dense: Path, work: Path, seconds: float) -> list[tuple
     rng = np.random.default_rng(7)
     Image.fromarray((rng.random((480, 640, 3)) * 255).astype("uint8")).save(buffer, "JPEG", quality=90)
     image = buffer.getvalue()
-    rows = []
+
+    def cr(model: Path) -> dict[str, Any]:
+        return continual_model("bench", model, "", frequency=1, metrics_port=free_port(), data_logging=False)
+
+    # What each runtime serves of a quantized version (contract.served_file), and OpenVINO on a dense run.
     plans: list[tuple[str, Any, dict[str, Any]]] = [
-        ("DeepSparse Server 1.8.0, sparse INT8", DeepSparseServer,
-         continual_model("bench", sparse, "", frequency=1, metrics_port=free_port(), data_logging=False)),
-        ("kserve + OpenVINO f32, dense fp32", KServeServer,
-         with_runtime(continual_model("bench", dense, "", frequency=1, metrics_port=free_port(), data_logging=False),
-                      "openvino")),
+        ("DeepSparse Server 1.8.0, 90 % sparse INT8", DeepSparseServer, cr(models[SPARSE])),
+        ("DeepSparse Server 1.8.0, aggressive INT8", DeepSparseServer, cr(models[AGGRESSIVE])),
+        ("kserve + OpenVINO, 90 % sparse INT8 QDQ", KServeServer, with_runtime(cr(models[SPARSE_QDQ]), "openvino")),
+        ("kserve + OpenVINO, dense fp32", KServeServer, with_runtime(cr(models[DENSE]), "openvino")),
     ]
-    for label, server_class, cr in plans:
-        (work / label.split()[0]).mkdir(exist_ok=True)
-        with server_class(cr, "", work / label.split()[0]) as server:
+    rows = []
+    for index, (label, server_class, spec) in enumerate(plans):
+        folder = work / f"server-{index}"
+        folder.mkdir(exist_ok=True)
+        with server_class(spec, "", folder) as server:
             for concurrency in (1, 4):
                 rows.append((label, concurrency, load(server.infer_url, image, concurrency, seconds)))
     return rows
+
+
+SPARSE, SPARSE_QDQ = "90 % sparse INT8", "90 % sparse INT8 QDQ"
+AGGRESSIVE, AGGRESSIVE_QDQ = "aggressive sparse INT8", "aggressive sparse INT8 QDQ"
+DENSE = "dense fp32"
+ENGINES = ("DeepSparse 1.8.0", "OpenVINO 2026.4.1 (f32)", "onnxruntime 1.32.0")
+
+
+def items_per_s(engine: str, model: Path, batch: int, seconds: float, work: Path) -> float:
+    if engine.startswith("DeepSparse"):
+        return deepsparse_items_per_s(model, batch, seconds)
+    if engine.startswith("OpenVINO"):
+        return in_runtime_venv("openvino", model, batch, seconds)
+    batched = with_batch(model, batch, work / f"{model.parent.name}-{model.stem}-b{batch}.onnx")
+    return in_runtime_venv("onnxruntime", batched, batch, seconds)
+
+
+def summary(figures: dict[tuple[str, str], dict[int, float]], batches: list[int]) -> list[str]:
+    """The aims of issue 15 item 4, from this run's figures: the aggressive model on DeepSparse against
+    onnxruntime on the dense model (aim 4x at each batch) and the best Apache engine on it (2x at batch 1)."""
+    lines = []
+    for batch in batches:
+        ours = figures.get((ENGINES[0], AGGRESSIVE), {}).get(batch)
+        ort = figures.get((ENGINES[2], DENSE), {}).get(batch)
+        apache = max((figures.get((e, DENSE), {}).get(batch, float("nan")) for e in ENGINES[1:]),
+                     key=lambda v: -1 if v != v else v)
+        if ours and ort and apache:
+            lines.append(f"batch {batch}: DeepSparse on the aggressive model {ours:.1f} items/s = {ours / ort:.2f}x "
+                         f"onnxruntime dense fp32 ({ort:.1f}; aim 4x), {ours / apache:.2f}x the best Apache-licensed "
+                         f"engine on the dense model ({apache:.1f}; aim 2x at batch 1)")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
     parser.add_argument("--work-dir", type=Path, help="keep (and reuse) the trained models here (default: temp)")
+    parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default 1,32)")
     parser.add_argument("--no-servers", action="store_true", help="engines only")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
     if not RUNTIME_PYTHON.is_file():
         sys.exit(f"{RUNTIME_PYTHON} missing: run make venv")
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
@@ -170,36 +212,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kontinual-bench-") as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = trained_models(work)
-        sparse, dense = (work / "models" / r["onnx"] for r in results)
+        sparse, dense, aggressive = (work / "models" / r["onnx"] for r in trained_models(work))
+        models = {SPARSE: sparse, SPARSE_QDQ: sparse.with_name("model.qdq.onnx"), AGGRESSIVE: aggressive,
+                  AGGRESSIVE_QDQ: aggressive.with_name("model.qdq.onnx"), DENSE: dense}
         load_before = os.getloadavg()[0]
-        engines: list[tuple[str, str, dict[int, float]]] = []
-        for label, model in (("90 % sparse INT8", sparse), ("dense fp32", dense)):
-            row: dict[str, dict[int, float]] = {"DeepSparse 1.8.0": {}, "OpenVINO 2026.4.1 (f32)": {},
-                                                "onnxruntime 1.32.0": {}}
-            for batch in BATCHES:
-                row["DeepSparse 1.8.0"][batch] = deepsparse_items_per_s(model, batch, args.seconds)
-                row["OpenVINO 2026.4.1 (f32)"][batch] = in_runtime_venv("openvino", model, batch, args.seconds)
-                batched = with_batch(model, batch, work / f"{'sparse' if model == sparse else 'dense'}-b{batch}.onnx")
-                row["onnxruntime 1.32.0"][batch] = in_runtime_venv("onnxruntime", batched, batch, args.seconds)
-            engines += [(engine, label, values) for engine, values in row.items()]
-        served = [] if args.no_servers else servers(sparse, dense, work, args.seconds)
+        figures: dict[tuple[str, str], dict[int, float]] = {}
+        for label, model in models.items():
+            for engine in ENGINES:
+                figures[(engine, label)] = {batch: items_per_s(engine, model, batch, args.seconds, work)
+                                            for batch in batches}
+                print(f"{engine} on {label}: {figures[(engine, label)]}", flush=True)
+        served = [] if args.no_servers else servers(models, work, args.seconds)
     print()
     print(f"YOLOv5s {SIZE} px, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
           f"({platform.processor() or platform.machine()}), load average before {load_before:.2f}, after "
           f"{os.getloadavg()[0]:.2f}; {args.seconds:.0f} s per figure")
     print()
-    print("| engine | model | batch 1 (items/s) | batch 32 (items/s) |")
-    print("| --- | --- | ---: | ---: |")
-    for engine, label, values in engines:
-        print(f"| {engine} | {label} | {values[1]:.1f} | {values[32]:.1f} |")
+    print("| engine | model | " + " | ".join(f"batch {b} (items/s)" for b in batches) + " |")
+    print("| --- | --- | " + " | ".join("---:" for _ in batches) + " |")
+    for (engine, label), values in figures.items():
+        print(f"| {engine} | {label} | " + " | ".join(f"{values[b]:.1f}" for b in batches) + " |")
+    print()
+    for line in summary(figures, batches):
+        print(line)
     if served:
         print()
         print("| server (from_files, 640x480 JPEG) | concurrency | requests/s | p50 (ms) | p99 (ms) | failed |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for label, concurrency, figures in served:
-            print(f"| {label} | {concurrency} | {figures['rps']:.1f} | {figures['p50']:.1f} | {figures['p99']:.1f} "
-                  f"| {figures['failed']:.0f} |")
+        for label, concurrency, figures_ in served:
+            print(f"| {label} | {concurrency} | {figures_['rps']:.1f} | {figures_['p50']:.1f} | {figures_['p99']:.1f} "
+                  f"| {figures_['failed']:.0f} |")
 
 
 if __name__ == "__main__":
