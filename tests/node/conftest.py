@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,8 +91,11 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield RealNode(running, admin, state)
     finally:
         kept = tmp_path_factory.getbasetemp() / "node-logs"
-        shutil.copytree(state / "logs", kept, dirs_exist_ok=True)
-        shutil.copytree(state / "plane" / "logs", kept / "plane", dirs_exist_ok=True)
+        try:
+            shutil.copytree(state / "logs", kept, dirs_exist_ok=True)
+            shutil.copytree(state / "plane" / "logs", kept / "plane", dirs_exist_ok=True)
+        except OSError as error:  # e.g. a full disk: the host must still be given back below
+            print(f"[node] could not keep the node's logs in {kept}: {error}", file=sys.stderr)
         packets = guard_packets()
         started = time.monotonic()
         down(state)
