@@ -91,6 +91,7 @@ bench: venv
 	$(BIN)/python benchmarks/logging_overhead.py
 	$(BIN)/python benchmarks/sparse_speedup.py
 	$(BIN)/python benchmarks/runtimes.py
+	$(BIN)/python benchmarks/recipe_cost.py
 
 # A local kind cluster with Kontinual installed and the minimal example serving (needs docker + kind).
 up:
