@@ -29,6 +29,11 @@ BUILTIN_RECIPES = ("prune-quantize", "prune-quantize-aggressive", "keep-sparsity
 BUILTIN_RECIPE_SCHEME = "builtin:"
 
 
+def builtin_recipe(uri: str) -> str | None:
+    """The name in a builtin:<name> recipe URI (checked against BUILTIN_RECIPES by spec.parse); None otherwise."""
+    return uri[len(BUILTIN_RECIPE_SCHEME):] if uri.startswith(BUILTIN_RECIPE_SCHEME) else None
+
+
 def served_file(runtime: str, has_qdq: bool) -> str:
     """The file of a version that spec.serving.runtime serves (and the trainer evaluates for the gate):
     DeepSparse model.onnx; the kserve engines model.qdq.onnx when the version has one (a quantized

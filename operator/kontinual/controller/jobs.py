@@ -12,7 +12,7 @@ from kontinual.controller.builders import (MODELS_MOUNT, container_security, fet
                                 metadata, pod_security, sparsezoo_env,
                                 with_colocation)
 from kontinual.common.classnames import COCO_NAMES
-from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, MODEL_CHECKPOINT, RESULT_FILE, version_file
+from kontinual.common.contract import MODEL_CHECKPOINT, RESULT_FILE, builtin_recipe, version_file
 from kontinual.controller.settings import Settings
 from kontinual.controller.spec import Spec
 from kontinual.controller.statusdata import ModelRecord
@@ -43,8 +43,9 @@ class _Inputs:
     def path(self, uri: str, role: str) -> str:
         """A local path for `uri` (file://, pvc://, https://), a built-in recipe's name for builtin:<name>;
         anything else (zoo:) is passed as is."""
-        if uri.startswith(BUILTIN_RECIPE_SCHEME):
-            return uri[len(BUILTIN_RECIPE_SCHEME):]
+        name = builtin_recipe(uri)
+        if name is not None:
+            return name
         if uri.startswith("file://"):
             return uri[len("file://"):]
         if uri.startswith("pvc://"):

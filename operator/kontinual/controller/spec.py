@@ -17,7 +17,7 @@ from croniter import croniter
 
 from kontinual.common.capture_settings import DEFAULT_METRICS_PORT
 from kontinual.common.classnames import seed_names
-from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, BUILTIN_RECIPES
+from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, BUILTIN_RECIPES, builtin_recipe
 from kontinual.common.names import DEEPSPARSE_RUNTIME, RUNTIMES
 from kontinual.controller import limits
 from kontinual.controller.settings import Settings
@@ -362,9 +362,10 @@ def _fires(schedule: str) -> bool:
 
 
 def _recipe_uri(uri: str) -> str:
-    if uri.startswith(BUILTIN_RECIPE_SCHEME) and uri[len(BUILTIN_RECIPE_SCHEME):] not in BUILTIN_RECIPES:
+    name = builtin_recipe(uri)
+    if name is not None and name not in BUILTIN_RECIPES:
         raise SpecError(f"spec.training.recipe.uri {uri!r}: no such built-in recipe; expected one of "
-                        f"{', '.join(BUILTIN_RECIPE_SCHEME + name for name in BUILTIN_RECIPES)}")
+                        f"{', '.join(BUILTIN_RECIPE_SCHEME + known for known in BUILTIN_RECIPES)}")
     return no_credentials(uri, "spec.training.recipe.uri")
 
 

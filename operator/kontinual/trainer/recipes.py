@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kontinual.common.contract import BUILTIN_RECIPE_SCHEME, BUILTIN_RECIPES
+from kontinual.common.contract import BUILTIN_RECIPES, builtin_recipe
 from kontinual.trainer.errors import RECIPE_INVALID, TrainingError
 
 _LOG = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def read_recipe(spec: str | None, work: Path) -> tuple[str, str]:
     from kontinual.trainer.sources import fetch_recipe
 
     spec = spec or DEFAULT_RECIPE
-    spec = spec[len(BUILTIN_RECIPE_SCHEME):] if spec.startswith(BUILTIN_RECIPE_SCHEME) else spec
+    spec = builtin_recipe(spec) or spec
     if (RECIPES_DIR / f"{spec}.yaml").is_file() and not Path(spec).is_file():
         path = RECIPES_DIR / f"{spec}.yaml"
     elif spec.startswith(("zoo:", "http://", "https://", "file://")) or Path(spec).is_file():
