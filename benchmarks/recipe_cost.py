@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.two_runs import tiny_config  # noqa: E402
 from tests.support.loop_runs import RECIPE as DENSE_RECIPE  # noqa: E402
 from tests.support.synthetic import make_dataset  # noqa: E402
 
@@ -34,15 +33,12 @@ LR_MODIFIER = DENSE_RECIPE[DENSE_RECIPE.index("  - !LearningRateFunctionModifier
 
 
 def model_config(folder: Path, model: str) -> Path:
+    """The tiny model's config (two_runs.py's), or yolov5n/s's own from the yolov5 package."""
+    if model == "tiny":
+        return tiny_config(folder)
     import yolov5
 
-    cfg = yaml.safe_load((Path(yolov5.__file__).parent / "models" / f"{'yolov5n' if model == 'tiny' else model}.yaml")
-                         .read_text())
-    if model == "tiny":
-        cfg.update(depth_multiple=0.33, width_multiple=0.125)
-    path = folder / f"{model}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return Path(yolov5.__file__).parent / "models" / f"{model}.yaml"
 
 
 def with_learning_rate(recipe: str) -> str:

@@ -213,7 +213,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
     parser.add_argument("--work-dir", type=Path, help="keep (and reuse) the trained models here (default: temp)")
-    parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes "
+                        f"(default {','.join(map(str, BATCHES))})")
     parser.add_argument("--no-servers", action="store_true", help="engines only")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
