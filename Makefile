@@ -92,6 +92,7 @@ bench: venv
 	$(BIN)/python benchmarks/sparse_speedup.py
 	$(BIN)/python benchmarks/runtimes.py
 	$(BIN)/python benchmarks/recipe_cost.py
+	$(BIN)/python benchmarks/sparsity_ceiling.py
 
 # A local kind cluster with Kontinual installed and the minimal example serving (needs docker + kind).
 up:

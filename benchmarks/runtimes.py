@@ -27,25 +27,17 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.speed import deepsparse_items_per_s, measure, with_batch  # noqa: E402
+
 RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
 SIZE = 640
 BATCHES = (1, 32)
-
-
-def measure(run: Callable[[], Any], batch: int, seconds: float) -> float:
-    for _ in range(2 if batch == 1 else 1):
-        run()
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or count < 3:
-        run()
-        count += 1
-    return batch * count / (time.perf_counter() - started)
 
 
 def worker(engine: str, model: str, batch: int, seconds: float) -> float:
@@ -76,25 +68,6 @@ def in_runtime_venv(engine: str, model: Path, batch: int, seconds: float) -> flo
     if done.returncode != 0:
         return float("nan")  # e.g. a model format the engine cannot batch: shown as n/a
     return float(done.stdout.strip().splitlines()[-1])
-
-
-def deepsparse_items_per_s(model: Path, batch: int, seconds: float) -> float:
-    import deepsparse
-
-    engine = deepsparse.compile_model(str(model), batch_size=batch)
-    inputs = engine.generate_random_inputs()
-    return measure(lambda: engine(inputs), batch, seconds)
-
-
-def with_batch(onnx_path: Path, batch: int, out: Path) -> Path:
-    """A copy whose input and output take `batch` images (onnxruntime needs the static batch in the file)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    for value in list(model.graph.input) + list(model.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_value = batch
-    onnx.save(model, str(out))
-    return out
 
 
 def load(url: str, image: bytes, concurrency: int, seconds: float) -> dict[str, float]:

@@ -16,13 +16,13 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.speed import deepsparse_items_per_s, measure, with_batch  # noqa: E402
 from tests.support.synthetic import make_dataset  # noqa: E402
 
 SIZE = 640
@@ -73,35 +73,6 @@ def train(work: Path, dataset: Path, recipe_text: str, version: int, epochs: int
     if done.returncode != 0:
         sys.exit(f"kontinual train failed: {result}\n{done.stderr[-3000:]}")
     return result
-
-
-def with_batch(onnx_path: Path, batch: int, out: Path) -> Path:
-    """A copy of the model whose input and output take `batch` images (the graph itself is batch-generic)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    for value in list(model.graph.input) + list(model.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_value = batch
-    onnx.save(model, str(out))
-    return out
-
-
-def measure(run, batch: int, seconds: float) -> float:
-    for _ in range(2):
-        run()
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or count < 3:
-        run()
-        count += 1
-    return batch * count / (time.perf_counter() - started)
-
-
-def deepsparse_items_per_s(onnx_path: Path, batch: int, seconds: float) -> float:
-    import deepsparse
-
-    engine = deepsparse.compile_model(str(onnx_path), batch_size=batch)
-    inputs = engine.generate_random_inputs()  # the exported INT8 model quantizes its float input itself
-    return measure(lambda: engine(inputs), batch, seconds)
 
 
 def onnxruntime_items_per_s(onnx_path: Path, batch: int, seconds: float, work: Path) -> float:
