@@ -8,6 +8,7 @@ one - comparing with that old number would have rejected a better model (tests/s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,10 @@ def test_the_gate_promotes_over_the_seed_by_the_floor_then_over_v1_on_the_same_h
     assert first.verdict.promoted and first.verdict.reason == "FloorPassed", figures
     assert "the floor is the gate" in first.verdict.message, figures
     assert one.metrics["mAP50"] >= gate.min_value, figures
+    # Its epoch log lines show the rate it trained at: the recipe's (linear 0.1 -> 0.002), not the
+    # trainer's default schedule (0.01 -> 0.0001) that the recipe overrides at every step.
+    rates = [float(rate) for rate in re.findall(r"epoch \d+/\d+ loss .* lr ([0-9.]+) time", first.log)]
+    assert len(rates) == loop.spec.training.epochs and rates[0] > 0.09 and 0.002 <= rates[-1] < 0.01, rates
 
     # Run 2: new labels were generated into version 2; v1 was evaluated on its test split, same images.
     two = second.result

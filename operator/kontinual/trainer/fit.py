@@ -98,6 +98,7 @@ def train(loaded: LoadedModel, recipe: Recipe, train_images: Path, settings: Tra
         epoch_started = last_log = time.monotonic()
         model.train()
         mean = torch.zeros(3)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained at: a recipe's if it sets one
         for step, (images, targets, _paths, _shapes) in enumerate(loader):
             images = images.to(device, non_blocking=True).float() / 255
             qat_steps += is_quantized(model)
@@ -110,6 +111,7 @@ def train(loaded: LoadedModel, recipe: Recipe, train_images: Path, settings: Tra
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                lr = optimizer.param_groups[0]["lr"]
             except TrainingError:
                 raise
             except torch.OutOfMemoryError as exc:
@@ -132,7 +134,7 @@ def train(loaded: LoadedModel, recipe: Recipe, train_images: Path, settings: Tra
         epoch_losses.append(float(mean.sum()))
         _LOG.info("epoch %d/%d loss %.4f (box %.4f obj %.4f cls %.4f) sparsity %.3f lr %.5f time %s ETA %s",
                   epoch + 1, settings.epochs, float(mean.sum()), *[float(v) for v in mean], sparsity,
-                  optimizer.param_groups[0]["lr"], _duration(took), _duration(eta))
+                  lr, _duration(took), _duration(eta))
     try:
         recipe.manager.finalize(model)
     except Exception as exc:  # noqa: BLE001
