@@ -128,5 +128,6 @@ def main() -> None:
         print(f"| {pair[0]} / {pair[1]} | {sparsity[pair]:.3f} | {'1' if fast else 'unset'} | {speed[1]:.1f} "
               f"| {speed[32]:.1f} | {speed[1] / ort[1]:.2f}x / {speed[32] / ort[32]:.2f}x | {speed[1] / best:.2f}x |")
 
+
 if __name__ == "__main__":
     main()
